@@ -1,0 +1,97 @@
+//! Node configuration: defaults, validation. Imports nothing internal.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    pub port: u16,
+    /// Path of the Bayeux endpoint.
+    pub mount: String,
+    /// How long a `/meta/connect` is held (Faye's `timeout`); clients expire after twice this.
+    pub timeout: Duration,
+    /// Pause advised to clients between connects (Faye's `interval`).
+    pub interval: Duration,
+    /// Websocket ping / EventSource keepalive interval; `None` sends no websocket pings.
+    pub ping: Option<Duration>,
+    /// Largest request body or websocket message accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Browser client script to serve at `<mount>.js` and `<mount>/client.js`.
+    pub client_script: Option<PathBuf>,
+    /// Upper bound on how long shutdown waits for connections to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".to_string(),
+            port: 8000,
+            mount: "/faye".to_string(),
+            timeout: Duration::from_secs(45),
+            interval: Duration::ZERO,
+            ping: None,
+            max_body_bytes: 1024 * 1024,
+            max_connections: 250_000,
+            client_script: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The mount path must start with `/`.
+    #[error("mount must start with '/': {0:?}")]
+    MountInvalid(String),
+    /// The connect timeout must be positive.
+    #[error("timeout must be greater than zero")]
+    TimeoutZero,
+    /// The ping interval must be positive.
+    #[error("ping must be greater than zero")]
+    PingZero,
+    /// The body limit must allow at least a handshake.
+    #[error("max body size must be at least 256 bytes")]
+    BodyLimitTooSmall,
+}
+
+impl Config {
+    /// Checks that the settings can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.mount.starts_with('/') || self.mount.contains(['?', '#', ' ']) {
+            return Err(ConfigError::MountInvalid(self.mount.clone()));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::TimeoutZero);
+        }
+        if self.ping.is_some_and(|p| p.is_zero()) {
+            return Err(ConfigError::PingZero);
+        }
+        if self.max_body_bytes < 256 {
+            return Err(ConfigError::BodyLimitTooSmall);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let bad = Config { mount: "faye".into(), ..Config::default() };
+        assert_eq!(bad.validate(), Err(ConfigError::MountInvalid("faye".into())));
+        let bad = Config { timeout: Duration::ZERO, ..Config::default() };
+        assert_eq!(bad.validate(), Err(ConfigError::TimeoutZero));
+    }
+}

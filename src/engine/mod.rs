@@ -1,0 +1,86 @@
+//! Engines hold clients, subscriptions and queued messages. The memory engine serves one
+//! node; the redis engine (faye-redis layout) lets nodes share them. Server and transport
+//! talk only to the [`Engine`] trait, so either engine plugs in unchanged.
+
+pub mod memory;
+
+use crate::protocol::Message;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+/// A published message ready for delivery: parsed once, encoded once. Every recipient's
+/// queue holds the same `Arc`, and every reply splices in the same bytes.
+#[derive(Debug)]
+pub struct Envelope {
+    /// The message as delivered: what the publisher sent, minus `clientId`.
+    pub message: Message,
+    /// `message` encoded as one JSON object.
+    pub encoded: Bytes,
+}
+
+impl Envelope {
+    /// Wraps a published message for delivery, dropping `clientId` and encoding it once.
+    pub fn new(published: &Message) -> Arc<Self> {
+        let message = published.for_delivery();
+        let encoded = crate::protocol::codec::encode(&message);
+        Arc::new(Self { message, encoded })
+    }
+
+    /// The channel it was published to.
+    pub fn channel(&self) -> &str {
+        self.message.channel_str()
+    }
+}
+
+/// Shared handle to an [`Envelope`].
+pub type SharedEnvelope = Arc<Envelope>;
+
+/// Why an engine operation failed.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The backing store cannot be reached right now.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What an engine tells the node about its clients.
+pub trait EngineObserver: Send + Sync + 'static {
+    /// Messages were queued for this client; the node holding its connection should drain them.
+    fn messages_waiting(&self, client_id: &str);
+    /// The client was destroyed (disconnect or expiry).
+    fn client_destroyed(&self, client_id: &str);
+    /// The client subscribed to a channel it was not subscribed to.
+    fn subscribed(&self, _client_id: &str, _channel: &str) {}
+    /// The client left a channel it was subscribed to.
+    fn unsubscribed(&self, _client_id: &str, _channel: &str) {}
+}
+
+/// Storage of clients, subscriptions and message queues (Faye's engine interface).
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Registers the node's observer; called once before any other call.
+    fn attach(&self, observer: Arc<dyn EngineObserver>);
+    /// Starts background work (expiry, listeners) until `shutdown` is cancelled.
+    fn start(&self, shutdown: CancellationToken);
+    /// Creates a client with a fresh id and returns the id.
+    async fn create_client(&self) -> Result<String, EngineError>;
+    /// Destroys a client: its subscriptions and queue go; true if it existed.
+    async fn destroy_client(&self, client_id: &str) -> Result<bool, EngineError>;
+    /// True if the client exists and has not expired.
+    async fn client_exists(&self, client_id: &str) -> Result<bool, EngineError>;
+    /// Marks the client as seen now, postponing its expiry.
+    async fn ping(&self, client_id: &str) -> Result<(), EngineError>;
+    /// Subscribes; true if the subscription is new.
+    async fn subscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError>;
+    /// Unsubscribes; true if the client was subscribed.
+    async fn unsubscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError>;
+    /// Queues the message for every client subscribed to a channel that matches it, once each.
+    async fn publish(&self, envelope: SharedEnvelope) -> Result<(), EngineError>;
+    /// Removes and returns every message queued for the client, oldest first.
+    async fn take_queued(&self, client_id: &str) -> Result<Vec<SharedEnvelope>, EngineError>;
+    /// Puts messages that could not be delivered back at the head of the client's queue.
+    async fn requeue(&self, client_id: &str, envelopes: Vec<SharedEnvelope>) -> Result<(), EngineError>;
+}

@@ -1,0 +1,20 @@
+//! actioncluster: a Bayeux pub/sub broker that speaks the protocol exactly as Faye does, so
+//! Faye's browser and node.js clients connect to it unchanged.
+//!
+//! Layers, each importing only those before it:
+//! `protocol` (pure wire model) → `engine` (clients, subscriptions, queues) → `server`
+//! (Bayeux processing, sessions, extensions) → `transport` (HTTP, websocket); `node` wires
+//! them from a [`Config`].
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod engine;
+pub mod node;
+pub mod protocol;
+pub mod server;
+pub mod transport;
+
+pub use config::{Config, ConfigError};
+pub use node::{Node, NodeBuilder, NodeError};
+pub use protocol::{BayeuxError, Message};
+pub use server::{Extension, RequestContext, Server, ServerEvent};

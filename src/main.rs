@@ -1,0 +1,101 @@
+//! The `actioncluster` binary: flags -> Config -> tracing -> Node until SIGINT/SIGTERM.
+
+use actioncluster::{Config, Node};
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// A Faye-compatible Bayeux broker.
+#[derive(Parser, Debug)]
+#[command(name = "actioncluster", version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "ACTIONCLUSTER_HOST", default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on (0 picks a free port).
+    #[arg(long, env = "ACTIONCLUSTER_PORT", default_value_t = 8000)]
+    port: u16,
+    /// Path of the Bayeux endpoint.
+    #[arg(long, env = "ACTIONCLUSTER_MOUNT", default_value = "/faye")]
+    mount: String,
+    /// Seconds a /meta/connect is held; clients expire after twice this.
+    #[arg(long, env = "ACTIONCLUSTER_TIMEOUT", default_value_t = 45.0, value_parser = positive_secs)]
+    timeout: f64,
+    /// Websocket keepalive ping interval in seconds (none by default).
+    #[arg(long, env = "ACTIONCLUSTER_PING", value_parser = positive_secs)]
+    ping: Option<f64>,
+    /// Largest request body or websocket message, in bytes.
+    #[arg(long, env = "ACTIONCLUSTER_MAX_BODY", default_value_t = 1024 * 1024)]
+    max_body: usize,
+    /// Browser client script served at <mount>.js and <mount>/client.js.
+    #[arg(long, env = "ACTIONCLUSTER_CLIENT_SCRIPT")]
+    client_script: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `actioncluster=debug`.
+    #[arg(long, env = "ACTIONCLUSTER_LOG", default_value = "info")]
+    log: String,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1.0e6 => Ok(v),
+        _ => Err(format!("expected a positive number of seconds, got {s:?}")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: invalid --log filter {:?}: {e}", args.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let config = Config {
+        host: args.host,
+        port: args.port,
+        mount: args.mount,
+        timeout: Duration::from_secs_f64(args.timeout),
+        ping: args.ping.map(Duration::from_secs_f64),
+        max_body_bytes: args.max_body,
+        client_script: args.client_script,
+        ..Config::default()
+    };
+    let node = match Node::start(config).await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("actioncluster listening on {}", node.endpoint());
+    wait_for_signal().await;
+    node.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

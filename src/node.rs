@@ -1,0 +1,143 @@
+//! Wiring: builds the engine, server and transport from a [`Config`] and owns shutdown.
+
+use crate::config::{Config, ConfigError};
+use crate::engine::Engine;
+use crate::engine::memory::MemoryEngine;
+use crate::protocol::BayeuxError;
+use crate::server::{Extension, Server, ServerEvent, ServerSettings};
+use crate::transport::{self, TransportSettings};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why a node could not start.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Collects what a node is built from before it starts.
+pub struct NodeBuilder {
+    config: Config,
+    extensions: Vec<Arc<dyn Extension>>,
+}
+
+impl NodeBuilder {
+    /// Adds a server extension (applied in the order added).
+    pub fn extension(mut self, extension: impl Extension) -> Self {
+        self.extensions.push(Arc::new(extension));
+        self
+    }
+
+    /// Binds the listener and starts serving in background tasks.
+    pub async fn start(self) -> Result<Node, NodeError> {
+        let config = self.config;
+        config.validate()?;
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener =
+            TcpListener::bind(&addr).await.map_err(|source| NodeError::Bind { addr: addr.clone(), source })?;
+        let local_addr = listener.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(config.timeout));
+        let server = Server::new(
+            engine.clone(),
+            ServerSettings { timeout: config.timeout, interval: config.interval },
+            self.extensions,
+            shutdown.clone(),
+        );
+        engine.start(shutdown.clone());
+        transport::serve(
+            listener,
+            server.clone(),
+            TransportSettings {
+                mount: config.mount.clone(),
+                max_body_bytes: config.max_body_bytes,
+                ping: config.ping,
+                client_script: config.client_script.clone(),
+                max_connections: config.max_connections,
+            },
+            shutdown.clone(),
+            tracker.clone(),
+        );
+        tracing::info!(%local_addr, mount = %config.mount, "node started");
+        Ok(Node { config, local_addr, server, shutdown, tracker })
+    }
+}
+
+/// A running node: a Bayeux endpoint on one address.
+pub struct Node {
+    config: Config,
+    local_addr: SocketAddr,
+    server: Server,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Node {
+    /// Starts a node with no extensions.
+    pub async fn start(config: Config) -> Result<Node, NodeError> {
+        Self::builder(config).start().await
+    }
+
+    /// A builder, to add extensions before starting.
+    pub fn builder(config: Config) -> NodeBuilder {
+        NodeBuilder { config, extensions: Vec::new() }
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The endpoint URL clients use, e.g. `http://127.0.0.1:8000/faye`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}{}", self.local_addr, self.config.mount)
+    }
+
+    /// The node's server events (handshake, subscribe, unsubscribe, publish, disconnect).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<ServerEvent> {
+        self.server.events()
+    }
+
+    /// Publishes from Rust code on this node to every matching subscriber.
+    pub async fn publish(&self, channel: &str, data: serde_json::Value) -> Result<(), BayeuxError> {
+        self.server.publish_local(channel, &data).await
+    }
+
+    /// The Bayeux server of this node.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// A token cancelled when the node begins to shut down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, releases held connects, closes sockets, and waits (bounded by the
+    /// configured grace) for connections to finish.
+    pub async fn shutdown(self) {
+        tracing::info!("node shutting down");
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!("shutdown grace elapsed with connections still open");
+        }
+    }
+}

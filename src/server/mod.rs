@@ -1,0 +1,379 @@
+//! Transport-agnostic Bayeux processing: a batch of messages in, replies (and delivered
+//! messages) out; the extension pipeline; server events; socket delivery pumps.
+
+mod connect;
+mod disconnect;
+pub mod extension;
+mod handshake;
+mod publish;
+pub mod session;
+mod subscribe;
+
+use crate::engine::{Engine, EngineError, SharedEnvelope};
+use crate::protocol::{BayeuxError, Message, advice, channel, codec};
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub use extension::{Extension, RequestContext};
+pub(crate) use session::Sessions;
+pub use session::{OutFrame, SocketHandle};
+
+/// Something that happened on this node, for the application to observe.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    /// A client completed a handshake.
+    Handshake {
+        /// The new client's id.
+        client_id: String,
+    },
+    /// A client subscribed to a channel it was not subscribed to.
+    Subscribe {
+        /// The client.
+        client_id: String,
+        /// The channel or pattern.
+        channel: String,
+    },
+    /// A client left a channel.
+    Unsubscribe {
+        /// The client.
+        client_id: String,
+        /// The channel or pattern.
+        channel: String,
+    },
+    /// A message was published through this node.
+    Publish {
+        /// The publisher, when it sent a `clientId`.
+        client_id: Option<String>,
+        /// The channel.
+        channel: String,
+        /// The payload.
+        data: serde_json::Value,
+    },
+    /// A client was destroyed (disconnect or expiry).
+    Disconnect {
+        /// The client.
+        client_id: String,
+    },
+}
+
+/// Settings of the Bayeux server layer.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// How long a connect is held (Faye's `timeout`).
+    pub timeout: Duration,
+    /// Advised pause between connects (Faye's `interval`).
+    pub interval: Duration,
+}
+
+struct Inner {
+    engine: Arc<dyn Engine>,
+    sessions: Arc<Sessions>,
+    extensions: Vec<Arc<dyn Extension>>,
+    rewrites_outgoing: bool,
+    settings: ServerSettings,
+    advice_retry: Box<RawValue>,
+    advice_retry_eventsource: Box<RawValue>,
+    shutdown: CancellationToken,
+}
+
+/// The Bayeux server: cheap to clone, shared by every transport.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+/// One processed message of a batch.
+enum Item {
+    Ready(Message),
+    Connect(Message, connect::ConnectWait),
+}
+
+/// The outcome of processing a batch: every effect has happened, in order; what remains is
+/// to wait for held connects and encode the replies.
+pub struct Batch {
+    items: Vec<Item>,
+}
+
+impl Batch {
+    /// True when a connect in the batch is still to be held.
+    pub fn is_waiting(&self) -> bool {
+        self.items.iter().any(|i| matches!(i, Item::Connect(..)))
+    }
+}
+
+impl Server {
+    /// A server over `engine`; registers itself as the engine's observer.
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        settings: ServerSettings,
+        extensions: Vec<Arc<dyn Extension>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let sessions = Arc::new(Sessions::new());
+        engine.attach(sessions.clone());
+        let timeout_ms = settings.timeout.as_millis() as u64;
+        let interval_ms = settings.interval.as_millis() as u64;
+        let rewrites_outgoing = extensions.iter().any(|e| e.rewrites_outgoing());
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                sessions,
+                extensions,
+                rewrites_outgoing,
+                advice_retry: advice::retry(interval_ms, timeout_ms),
+                advice_retry_eventsource: advice::retry(timeout_ms, 0),
+                settings,
+                shutdown,
+            }),
+        }
+    }
+
+    /// Subscribes to this node's server events.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<ServerEvent> {
+        self.inner.sessions.events.subscribe()
+    }
+
+    /// The engine behind this server.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.inner.engine
+    }
+
+    /// Number of clients with a session on this node.
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    /// Applies every message of a batch in order. `socket` is the persistent connection the
+    /// batch arrived on, if any (websocket); its connects bind the client to it.
+    pub async fn process(&self, messages: Vec<Message>, ctx: &RequestContext, socket: Option<&SocketHandle>) -> Batch {
+        let mut items = Vec::with_capacity(messages.len());
+        for mut message in messages {
+            if let Some(field) = message.malformed.take() {
+                let mut reply = message.reply();
+                reply.error = Some(BayeuxError::bad_request(vec![field]).to_string());
+                items.push(Item::Ready(reply));
+                continue;
+            }
+            for ext in &self.inner.extensions {
+                ext.incoming(&mut message, ctx);
+            }
+            let item = match self.handle(message, ctx, socket).await {
+                Ok(item) => item,
+                Err((mut reply, err)) => {
+                    tracing::warn!(error = %err, "engine failure while handling a message");
+                    reply.error = Some(BayeuxError::server_error(vec![]).to_string());
+                    self.advise(&mut reply, None);
+                    Item::Ready(reply)
+                }
+            };
+            items.push(item);
+        }
+        Batch { items }
+    }
+
+    /// Waits for the batch's held connects and encodes every reply into one JSON array, each
+    /// connect reply followed by the messages it releases.
+    pub async fn finish(&self, batch: Batch) -> Bytes {
+        let mut parts: Vec<Bytes> = Vec::with_capacity(batch.items.len());
+        for item in batch.items {
+            match item {
+                Item::Ready(reply) => parts.push(self.encode_reply(reply)),
+                Item::Connect(reply, wait) => {
+                    let client_id = wait.client_id();
+                    let delivered = wait.wait(self).await;
+                    parts.push(self.encode_reply(reply));
+                    self.encode_deliveries_into(&delivered, &client_id, &mut parts);
+                }
+            }
+        }
+        codec::encode_array(parts.iter().map(|b| b.as_ref()))
+    }
+
+    /// Processes a batch and returns its encoded replies.
+    pub async fn process_and_finish(&self, messages: Vec<Message>, ctx: &RequestContext) -> Bytes {
+        let batch = self.process(messages, ctx, None).await;
+        self.finish(batch).await
+    }
+
+    async fn handle(
+        &self,
+        message: Message,
+        ctx: &RequestContext,
+        socket: Option<&SocketHandle>,
+    ) -> Result<Item, (Message, EngineError)> {
+        let name = message.channel_str();
+        if name.starts_with(channel::META_PREFIX) || name == "/meta" {
+            let mut reply = match name {
+                channel::meta::HANDSHAKE => self.handshake(&message).await,
+                channel::meta::CONNECT => return self.connect(&message, socket).await,
+                channel::meta::SUBSCRIBE => self.subscribe(&message, ctx, true).await,
+                channel::meta::UNSUBSCRIBE => self.subscribe(&message, ctx, false).await,
+                channel::meta::DISCONNECT => self.disconnect(&message).await,
+                _ => {
+                    let mut reply = message.reply();
+                    reply.error = Some(BayeuxError::channel_forbidden(name).to_string());
+                    Ok(reply)
+                }
+            }
+            .map_err(|e| (message.reply(), e))?;
+            self.advise(&mut reply, message.connection_type.as_deref());
+            Ok(Item::Ready(reply))
+        } else {
+            self.publish(message).await
+        }
+    }
+
+    /// Adds Faye's advice to handshake and connect replies.
+    fn advise(&self, reply: &mut Message, connection_type: Option<&str>) {
+        let name = reply.channel_str();
+        if name != channel::meta::HANDSHAKE && name != channel::meta::CONNECT {
+            return;
+        }
+        if reply.advice.is_some() {
+            return;
+        }
+        reply.advice = Some(if reply.error.is_some() {
+            advice::handshake()
+        } else if connection_type == Some("eventsource") {
+            self.inner.advice_retry_eventsource.clone()
+        } else {
+            self.inner.advice_retry.clone()
+        });
+    }
+
+    fn encode_reply(&self, mut reply: Message) -> Bytes {
+        reply.successful = Some(reply.error.is_none());
+        for ext in &self.inner.extensions {
+            ext.outgoing(&mut reply, None);
+        }
+        codec::encode(&reply)
+    }
+
+    /// Appends the encoded deliveries for `client_id`: the shared bytes, or re-encoded
+    /// copies when an extension rewrites outgoing messages.
+    fn encode_deliveries_into(&self, delivered: &[SharedEnvelope], client_id: &str, out: &mut Vec<Bytes>) {
+        if self.inner.rewrites_outgoing {
+            for env in delivered {
+                let mut message = env.message.clone();
+                for ext in &self.inner.extensions {
+                    ext.outgoing(&mut message, Some(client_id));
+                }
+                out.push(codec::encode(&message));
+            }
+        } else {
+            out.extend(delivered.iter().map(|e| e.encoded.clone()));
+        }
+    }
+
+    /// Encodes deliveries as one JSON array (one socket write).
+    pub(crate) fn encode_delivery_frame(&self, delivered: &[SharedEnvelope], client_id: &str) -> Bytes {
+        if self.inner.rewrites_outgoing {
+            let mut parts = Vec::with_capacity(delivered.len());
+            self.encode_deliveries_into(delivered, client_id, &mut parts);
+            codec::encode_array(parts.iter().map(|b| b.as_ref()))
+        } else {
+            codec::encode_array(delivered.iter().map(|e| e.encoded.as_ref()))
+        }
+    }
+
+    /// Binds a persistent connection to an existing client so deliveries are pushed to it.
+    /// Returns false when the client does not exist.
+    pub async fn attach_socket(&self, client_id: &str, socket: &SocketHandle) -> bool {
+        match self.inner.engine.client_exists(client_id).await {
+            Ok(true) => {
+                self.bind(client_id, socket);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn bind(&self, client_id: &str, socket: &SocketHandle) {
+        let session = self.inner.sessions.get_or_create(client_id);
+        if let Some(stop) = session.bind_socket(socket) {
+            let server = self.clone();
+            let socket = socket.clone();
+            tokio::spawn(async move { server.pump(session, socket, stop).await });
+        }
+    }
+
+    /// The socket `socket_id` closed or moved on to another client: stop delivering to it.
+    pub fn detach_socket(&self, client_id: &str, socket_id: u64) {
+        if let Some(session) = self.inner.sessions.get(client_id) {
+            session.unbind_socket(socket_id);
+        }
+    }
+
+    /// Pushes a bound client's queued messages to its socket until the binding ends.
+    async fn pump(&self, session: Arc<session::Session>, socket: SocketHandle, stop: CancellationToken) {
+        let engine = &self.inner.engine;
+        let client_id = session.client_id.clone();
+        loop {
+            // Reserve room first, so messages are only taken from the queue once they can be
+            // handed to the socket's writer.
+            let permit = tokio::select! {
+                p = socket.tx.reserve() => match p { Ok(p) => p, Err(_) => return },
+                _ = stop.cancelled() => return,
+            };
+            match engine.take_queued(&client_id).await {
+                Ok(delivered) if !delivered.is_empty() => {
+                    permit.send(OutFrame {
+                        bytes: self.encode_delivery_frame(&delivered, &client_id),
+                        client_id: Some(client_id.clone()),
+                        deliveries: delivered,
+                    });
+                }
+                Ok(_) => drop(permit),
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(client_id = %client_id, error = %e, "cannot read queued messages");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+                        _ = stop.cancelled() => return,
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = session.wake.notified() => tokio::task::yield_now().await,
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Hands messages that could not be written back to the client's queue.
+    pub async fn requeue(&self, client_id: &str, envelopes: Vec<SharedEnvelope>) {
+        if envelopes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.engine.requeue(client_id, envelopes).await {
+            tracing::warn!(client_id, error = %e, "could not requeue undelivered messages");
+        }
+    }
+
+    /// Publishes from Rust code on this node, as an in-process client would.
+    pub async fn publish_local(&self, channel: &str, data: &serde_json::Value) -> Result<(), BayeuxError> {
+        let message = Message {
+            channel: Some(channel.to_string()),
+            data: Some(serde_json::value::to_raw_value(data).map_err(|_| BayeuxError::bad_request(vec!["data".into()]))?),
+            ..Message::default()
+        };
+        let ctx = RequestContext { local: true, ..RequestContext::default() };
+        let batch = self.process(vec![message], &ctx, None).await;
+        for item in &batch.items {
+            if let Item::Ready(reply) = item
+                && let Some(err) = &reply.error
+            {
+                return Err(BayeuxError::parse(err));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+}

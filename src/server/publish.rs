@@ -1,0 +1,31 @@
+//! Publishing to a non-meta channel: validate, queue for every matching subscriber, ack.
+
+use super::{Item, Server, ServerEvent};
+use crate::engine::{EngineError, Envelope};
+use crate::protocol::{BayeuxError, Message, channel};
+
+impl Server {
+    pub(super) async fn publish(&self, message: Message) -> Result<Item, (Message, EngineError)> {
+        let mut reply = message.reply();
+        let name = message.channel_str();
+        if !channel::is_valid_name(name) {
+            reply.error = Some(BayeuxError::channel_invalid(name).to_string());
+        }
+        if message.data.is_none() {
+            reply.error = Some(BayeuxError::parameter_missing("data").to_string());
+        }
+        if reply.error.is_none() {
+            self.inner.engine.publish(Envelope::new(&message)).await.map_err(|e| (reply.clone(), e))?;
+            self.inner.sessions.emit(|| ServerEvent::Publish {
+                client_id: message.client_id.clone(),
+                channel: name.to_string(),
+                data: message
+                    .data
+                    .as_ref()
+                    .and_then(|d| serde_json::from_str(d.get()).ok())
+                    .unwrap_or(serde_json::Value::Null),
+            });
+        }
+        Ok(Item::Ready(reply))
+    }
+}

@@ -1,0 +1,163 @@
+//! Per-client state on this node: the socket a client is bound to, its held connect, and
+//! the wake-up that tells a waiting connection that messages are queued.
+
+use super::ServerEvent;
+use crate::engine::{EngineObserver, SharedEnvelope};
+use bytes::Bytes;
+use dashmap::DashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// One write for a socket: a JSON array, plus the delivered messages it carries so that a
+/// socket that dies before writing it can hand them back to the engine.
+#[derive(Debug)]
+pub struct OutFrame {
+    /// The JSON array to write.
+    pub bytes: Bytes,
+    /// Client the deliveries in this frame belong to.
+    pub client_id: Option<Arc<str>>,
+    /// The delivered messages encoded in `bytes`.
+    pub deliveries: Vec<SharedEnvelope>,
+}
+
+/// A persistent connection (websocket or EventSource) that messages can be pushed to.
+#[derive(Debug, Clone)]
+pub struct SocketHandle {
+    /// Unique per connection, to tell one socket's binding from another's.
+    pub id: u64,
+    /// Frames to write, in order.
+    pub tx: mpsc::Sender<OutFrame>,
+}
+
+struct BoundSocket {
+    handle: SocketHandle,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct SessionState {
+    socket: Option<BoundSocket>,
+    held_connect: Option<CancellationToken>,
+}
+
+/// A client known to this node because it connected here.
+pub(crate) struct Session {
+    pub(crate) client_id: Arc<str>,
+    pub(crate) wake: Notify,
+    pub(crate) closed: CancellationToken,
+    state: Mutex<SessionState>,
+}
+
+impl Session {
+    fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        // A poisoned lock only means another task panicked mid-update of plain fields.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while a socket is bound: deliveries go through it, not through connect replies.
+    pub(crate) fn has_socket(&self) -> bool {
+        self.state().socket.is_some()
+    }
+
+    /// Registers a new held connect, releasing the previous one; returns its release token.
+    pub(crate) fn begin_connect(&self) -> CancellationToken {
+        let token = self.closed.child_token();
+        if let Some(old) = self.state().held_connect.replace(token.clone()) {
+            old.cancel();
+        }
+        token
+    }
+
+    /// Binds a socket; returns the token that stops its delivery pump, or None if already bound to it.
+    pub(crate) fn bind_socket(&self, handle: &SocketHandle) -> Option<CancellationToken> {
+        let mut state = self.state();
+        if state.socket.as_ref().is_some_and(|s| s.handle.id == handle.id) {
+            return None;
+        }
+        let stop = self.closed.child_token();
+        if let Some(old) = state.socket.replace(BoundSocket { handle: handle.clone(), stop: stop.clone() }) {
+            old.stop.cancel();
+        }
+        Some(stop)
+    }
+
+    /// Unbinds the socket `socket_id` if it is the bound one, releasing the held connect.
+    pub(crate) fn unbind_socket(&self, socket_id: u64) {
+        let mut state = self.state();
+        if state.socket.as_ref().is_some_and(|s| s.handle.id == socket_id) {
+            if let Some(old) = state.socket.take() {
+                old.stop.cancel();
+            }
+            if let Some(held) = state.held_connect.take() {
+                held.cancel();
+            }
+        }
+    }
+}
+
+/// Every session on this node; the engine's observer.
+pub(crate) struct Sessions {
+    map: DashMap<Arc<str>, Arc<Session>>,
+    pub(crate) events: broadcast::Sender<ServerEvent>,
+}
+
+impl Sessions {
+    pub(crate) fn new() -> Self {
+        Self { map: DashMap::new(), events: broadcast::channel(4096).0 }
+    }
+
+    pub(crate) fn get(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.map.get(client_id).map(|s| s.clone())
+    }
+
+    pub(crate) fn get_or_create(&self, client_id: &str) -> Arc<Session> {
+        if let Some(s) = self.get(client_id) {
+            return s;
+        }
+        self.map
+            .entry(Arc::from(client_id))
+            .or_insert_with(|| {
+                Arc::new(Session {
+                    client_id: Arc::from(client_id),
+                    wake: Notify::new(),
+                    closed: CancellationToken::new(),
+                    state: Mutex::new(SessionState::default()),
+                })
+            })
+            .clone()
+    }
+
+    pub(crate) fn emit(&self, make: impl FnOnce() -> ServerEvent) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(make());
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+impl EngineObserver for Sessions {
+    fn messages_waiting(&self, client_id: &str) {
+        if let Some(s) = self.map.get(client_id) {
+            s.wake.notify_one();
+        }
+    }
+
+    fn client_destroyed(&self, client_id: &str) {
+        if let Some((_, s)) = self.map.remove(client_id) {
+            s.closed.cancel();
+        }
+        self.emit(|| ServerEvent::Disconnect { client_id: client_id.to_string() });
+    }
+
+    fn subscribed(&self, client_id: &str, channel: &str) {
+        self.emit(|| ServerEvent::Subscribe { client_id: client_id.to_string(), channel: channel.to_string() });
+    }
+
+    fn unsubscribed(&self, client_id: &str, channel: &str) {
+        self.emit(|| ServerEvent::Unsubscribe { client_id: client_id.to_string(), channel: channel.to_string() });
+    }
+}

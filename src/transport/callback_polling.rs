@@ -1,0 +1,71 @@
+//! `callback-polling` (JSONP): GET with `message=<json>` and `jsonp=<callback>`; the reply
+//! is a script calling the callback with the JSON array.
+
+use super::{Body, Shared, bad_request, bayeux_headers, full, request_context, run_batch};
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Faye's default callback name.
+const DEFAULT_CALLBACK: &str = "jsonpcallback";
+
+/// `^[a-z_$][a-z0-9_$]*(\.[a-z_$][a-z0-9_$]*)*$`, case-insensitive.
+fn is_valid_callback(name: &str) -> bool {
+    name.split('.').all(|part| {
+        let mut chars = part.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == '$')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    })
+}
+
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let ctx = request_context(&req, remote);
+    let origin: Option<HeaderValue> = req.headers().get(header::ORIGIN).cloned();
+    let query = req.uri().query().unwrap_or("");
+    let mut message = None;
+    let mut callback = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "message" => message = Some(v.into_owned()),
+            "jsonp" => callback = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let Some(message) = message.filter(|m| !m.is_empty()) else {
+        return bad_request("received request with no message");
+    };
+    let callback = callback.filter(|c| !c.is_empty()).unwrap_or_else(|| DEFAULT_CALLBACK.to_string());
+    if !is_valid_callback(&callback) {
+        return bad_request("invalid JSON-P callback");
+    }
+    match run_batch(&shared, message.as_bytes(), &ctx).await {
+        Ok(json) => {
+            let json = String::from_utf8_lossy(&json).replace('\u{2028}', "\\u2028").replace('\u{2029}', "\\u2029");
+            let body = format!("/**/{callback}({json});");
+            let mut resp = Response::new(full(Bytes::from(body)));
+            bayeux_headers(&mut resp, "text/javascript; charset=utf-8", origin.as_ref());
+            resp.headers_mut()
+                .insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=f.txt"));
+            resp
+        }
+        Err(resp) => resp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_callback;
+
+    #[test]
+    fn callbacks() {
+        for ok in ["cb", "_x", "$", "a.b.c", "Faye.jsonp1", "A9_$"] {
+            assert!(is_valid_callback(ok), "{ok}");
+        }
+        for bad in ["", "1a", "a..b", "a.", "alert(1)", "a-b", "a b"] {
+            assert!(!is_valid_callback(bad), "{bad}");
+        }
+    }
+}

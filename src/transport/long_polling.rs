@@ -1,0 +1,40 @@
+//! `long-polling` and `cross-origin-long-polling`: POST with a JSON body or a form-encoded
+//! `message` field; the reply is a JSON array.
+
+use super::{Body, Shared, bad_request, bayeux_headers, full, read_body, request_context, run_batch};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let ctx = request_context(&req, remote);
+    let origin: Option<HeaderValue> = req.headers().get(header::ORIGIN).cloned();
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+        .unwrap_or(false);
+    let body = match read_body(req, shared.settings.max_body_bytes).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let json = if is_json {
+        body
+    } else {
+        match form_urlencoded::parse(&body).find(|(k, _)| k == "message") {
+            Some((_, v)) if !v.is_empty() => bytes::Bytes::from(v.into_owned()),
+            _ => return bad_request("received request with no message"),
+        }
+    };
+    match run_batch(&shared, &json, &ctx).await {
+        Ok(reply) => {
+            let mut resp = Response::new(full(reply));
+            bayeux_headers(&mut resp, "application/json; charset=utf-8", origin.as_ref());
+            resp
+        }
+        Err(resp) => resp,
+    }
+}

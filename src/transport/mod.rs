@@ -1,0 +1,273 @@
+//! HTTP and websocket at the mount path: a bounded accept loop, one task per connection,
+//! dispatch to Faye's connection types, graceful shutdown.
+
+pub mod callback_polling;
+pub mod eventsource;
+pub mod long_polling;
+pub mod websocket;
+
+use crate::server::Server;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Response body of every reply: a whole buffer or an event stream.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Settings of the HTTP/websocket layer.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// The mount path, e.g. `/faye`.
+    pub mount: String,
+    /// Largest accepted request body or websocket message, in bytes.
+    pub max_body_bytes: usize,
+    /// Keepalive interval for websockets and EventSource streams.
+    pub ping: Option<Duration>,
+    /// The browser client script served at `<mount>.js` and `<mount>/client.js`.
+    pub client_script: Option<PathBuf>,
+    /// Most connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
+}
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub(crate) server: Server,
+    pub(crate) settings: TransportSettings,
+    mount: String,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+impl Shared {
+    /// True when the path is the mount or under it (Faye's endpoint pattern).
+    fn is_bayeux_path(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix(self.mount.as_str()) else {
+            return false;
+        };
+        rest.is_empty() || rest.starts_with('/') || (rest.starts_with('.') && !rest[1..].contains(['/', '.']) && rest.len() > 1)
+    }
+
+    fn is_script_path(&self, path: &str) -> bool {
+        path == format!("{}.js", self.mount) || path == format!("{}/client.js", self.mount)
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown`; each connection runs on `tracker`.
+pub fn serve(
+    listener: TcpListener,
+    server: Server,
+    settings: TransportSettings,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mount = settings.mount.trim_end_matches('/').to_string();
+    let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let shared = Arc::new(Shared { server, settings, mount, shutdown: shutdown.clone(), tracker: tracker.clone() });
+    tracker.spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = shutdown.cancelled() => return,
+            };
+            let (stream, remote) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = shared.clone();
+            shared.tracker.clone().spawn(async move {
+                serve_connection(shared, stream, remote).await;
+                drop(permit);
+            });
+        }
+    });
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, remote: SocketAddr) {
+    let svc_shared = shared.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let shared = svc_shared.clone();
+        async move { Ok::<_, Infallible>(handle(shared, req, remote).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        }
+        _ = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+        }
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if !shared.is_bayeux_path(&path) {
+        return text(StatusCode::NOT_FOUND, "Not found");
+    }
+    if shared.is_script_path(&path) {
+        return client_script(&shared).await;
+    }
+    let is_preflight = req.method() == Method::OPTIONS
+        || req.headers().get("access-control-request-method").is_some_and(|v| v.as_bytes() == b"POST");
+    if is_preflight {
+        return preflight(&req);
+    }
+    if websocket::is_upgrade(&req) {
+        return websocket::upgrade(shared, req, remote);
+    }
+    if eventsource::is_eventsource(&req) {
+        return eventsource::open(shared, req, remote).await;
+    }
+    match *req.method() {
+        Method::GET => callback_polling::handle(shared, req, remote).await,
+        Method::POST => long_polling::handle(shared, req, remote).await,
+        _ => bad_request("unrecognized request type"),
+    }
+}
+
+async fn client_script(shared: &Shared) -> Response<Body> {
+    let Some(path) = &shared.settings.client_script else {
+        return text(StatusCode::NOT_FOUND, "Not found");
+    };
+    match tokio::fs::read(path).await {
+        Ok(bytes) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/javascript; charset=utf-8")
+            .header(header::CACHE_CONTROL, "public, max-age=3600")
+            .body(full(Bytes::from(bytes)))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the client script");
+            text(StatusCode::NOT_FOUND, "Not found")
+        }
+    }
+}
+
+fn preflight(req: &Request<Incoming>) -> Response<Body> {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .or_else(|| req.headers().get(header::REFERER))
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("*"));
+    let mut resp = Response::new(full(Bytes::new()));
+    let h = resp.headers_mut();
+    h.insert("access-control-allow-credentials", HeaderValue::from_static("true"));
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("Accept, Authorization, Content-Type, Pragma, X-Requested-With"),
+    );
+    h.insert("access-control-allow-methods", HeaderValue::from_static("POST, GET"));
+    h.insert("access-control-allow-origin", origin);
+    h.insert("access-control-max-age", HeaderValue::from_static("86400"));
+    resp
+}
+
+/// A whole-buffer body.
+pub(crate) fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).boxed()
+}
+
+/// A plain-text reply.
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Faye's 400: `Bad request` in plain text; the reason goes to the log and to a header.
+pub(crate) fn bad_request(reason: &str) -> Response<Body> {
+    tracing::debug!(reason, "bad request");
+    let mut resp = text(StatusCode::BAD_REQUEST, "Bad request");
+    if let Ok(v) = HeaderValue::from_str(&reason.replace(['\r', '\n'], " ")) {
+        resp.headers_mut().insert("x-bayeux-error", v);
+    }
+    resp
+}
+
+/// 413 for a body over the limit.
+pub(crate) fn too_large() -> Response<Body> {
+    text(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+}
+
+/// Headers every Bayeux reply carries, plus CORS when the request had an `Origin`.
+pub(crate) fn bayeux_headers(resp: &mut Response<Body>, content_type: &'static str, origin: Option<&HeaderValue>) {
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    if let Some(origin) = origin {
+        h.insert("access-control-allow-credentials", HeaderValue::from_static("true"));
+        h.insert("access-control-allow-origin", origin.clone());
+    }
+}
+
+/// Parses a Bayeux body and runs it through the server, mapping codec errors to HTTP.
+pub(crate) async fn run_batch(
+    shared: &Shared,
+    json: &[u8],
+    ctx: &crate::server::RequestContext,
+) -> Result<Bytes, Response<Body>> {
+    use crate::protocol::codec::{self, CodecError};
+    match codec::decode(json, shared.settings.max_body_bytes) {
+        Ok(messages) => Ok(shared.server.process_and_finish(messages, ctx).await),
+        Err(CodecError::TooLarge { .. }) => Err(too_large()),
+        Err(e) => Err(bad_request(&e.to_string())),
+    }
+}
+
+/// The request context of an HTTP request.
+pub(crate) fn request_context<B>(req: &Request<B>, remote: SocketAddr) -> crate::server::RequestContext {
+    crate::server::RequestContext {
+        remote_addr: Some(remote),
+        origin: req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string),
+        local: false,
+    }
+}
+
+/// Reads a request body up to the limit.
+pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(bad_request(&format!("could not read the body: {e}"))),
+    }
+}

@@ -1,0 +1,204 @@
+//! `websocket`: upgrade at the mount path. Each frame carries a batch; replies and pushed
+//! deliveries leave through one writer, several messages per frame.
+
+use super::{Body, Shared, bad_request, full};
+use crate::protocol::codec::{self, CodecError};
+use crate::protocol::{BayeuxError, Message};
+use crate::server::{OutFrame, RequestContext, SocketHandle};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
+
+/// Frames waiting for one socket's writer; a full queue makes the delivery pump wait.
+const WRITE_QUEUE: usize = 16;
+
+static NEXT_SOCKET_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A unique id for a persistent connection (websocket or EventSource).
+pub(crate) fn next_socket_id() -> u64 {
+    NEXT_SOCKET_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+pub(crate) fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return bad_request("websocket upgrade without Sec-WebSocket-Key");
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let ctx = super::request_context(&req, remote);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let limit = shared.settings.max_body_bytes;
+                let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                run(shared, ws, ctx).await;
+            }
+            Err(e) => tracing::debug!(%remote, error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+/// The client id of the first `/meta/connect` in a batch: the socket belongs to it.
+fn connect_client_id(messages: &[Message]) -> Option<String> {
+    messages
+        .iter()
+        .find(|m| m.channel.as_deref() == Some(crate::protocol::channel::meta::CONNECT))
+        .and_then(|m| m.client_id.clone())
+        .filter(|c| !c.is_empty())
+}
+
+async fn run<S>(shared: Arc<Shared>, ws: WebSocketStream<S>, ctx: RequestContext)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, mut stream) = ws.split();
+    let (tx, rx) = mpsc::channel::<OutFrame>(WRITE_QUEUE);
+    let (close_tx, close_rx) = mpsc::channel::<CloseFrame>(1);
+    let socket = SocketHandle { id: next_socket_id(), tx };
+    let writer = tokio::spawn(write_loop(shared.clone(), sink, rx, close_rx));
+    let mut bound: Option<String> = None;
+
+    loop {
+        let next = tokio::select! {
+            m = stream.next() => m,
+            _ = shared.shutdown.cancelled() => {
+                let _ = close_tx.try_send(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() });
+                break;
+            }
+        };
+        let payload: Bytes = match next {
+            Some(Ok(WsMessage::Text(t))) => Bytes::from(t),
+            Some(Ok(WsMessage::Binary(b))) => b,
+            Some(Ok(WsMessage::Close(_))) | None => break,
+            Some(Ok(_)) => continue, // ping/pong handled by tungstenite
+            Some(Err(tungstenite::Error::Capacity(e))) => {
+                tracing::debug!(error = %e, "websocket message over the limit");
+                let _ = close_tx.try_send(CloseFrame { code: CloseCode::Size, reason: "message too big".into() });
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "websocket read failed");
+                break;
+            }
+        };
+        let messages = match codec::decode(&payload, shared.settings.max_body_bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                let code = if matches!(e, CodecError::TooLarge { .. }) { 413 } else { 400 };
+                let reply = Message {
+                    successful: Some(false),
+                    error: Some(BayeuxError::bad_request(vec![code.to_string(), e.to_string().replace(':', " ")]).to_string()),
+                    ..Message::default()
+                };
+                let bytes = codec::encode_array([codec::encode(&reply).as_ref()]);
+                if socket.tx.send(OutFrame { bytes, client_id: None, deliveries: Vec::new() }).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        if let Some(cid) = connect_client_id(&messages) {
+            if let Some(old) = bound.as_deref()
+                && old != cid
+            {
+                shared.server.detach_socket(old, socket.id);
+            }
+            bound = Some(cid);
+        }
+        let batch = shared.server.process(messages, &ctx, Some(&socket)).await;
+        if batch.is_waiting() {
+            let server = shared.server.clone();
+            let tx = socket.tx.clone();
+            tokio::spawn(async move {
+                let bytes = server.finish(batch).await;
+                let _ = tx.send(OutFrame { bytes, client_id: None, deliveries: Vec::new() }).await;
+            });
+        } else {
+            let bytes = shared.server.finish(batch).await;
+            if socket.tx.send(OutFrame { bytes, client_id: None, deliveries: Vec::new() }).await.is_err() {
+                break;
+            }
+        }
+    }
+    if let Some(cid) = bound {
+        shared.server.detach_socket(&cid, socket.id);
+    }
+    drop(socket);
+    let _ = writer.await;
+}
+
+async fn write_loop<K>(
+    shared: Arc<Shared>,
+    mut sink: K,
+    mut rx: mpsc::Receiver<OutFrame>,
+    mut close_rx: mpsc::Receiver<CloseFrame>,
+) where
+    K: futures_util::Sink<WsMessage, Error = tungstenite::Error> + Unpin,
+{
+    let ping_every = shared.settings.ping;
+    let mut ping = ping_every.map(|p| tokio::time::interval_at(tokio::time::Instant::now() + p, p));
+    loop {
+        let frame = tokio::select! {
+            f = rx.recv() => match f { Some(f) => f, None => break },
+            Some(close) = close_rx.recv() => {
+                let _ = sink.send(WsMessage::Close(Some(close))).await;
+                break;
+            }
+            _ = async { match ping.as_mut() { Some(p) => { p.tick().await; } None => std::future::pending().await } } => {
+                if sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let text = match Utf8Bytes::try_from(frame.bytes.clone()) {
+            Ok(t) => t,
+            Err(_) => Utf8Bytes::from(String::from_utf8_lossy(&frame.bytes).into_owned()),
+        };
+        if sink.send(WsMessage::Text(text)).await.is_err() {
+            give_back(&shared, frame).await;
+            break;
+        }
+    }
+    // Whatever was queued for this socket but never written goes back to its client's queue.
+    rx.close();
+    while let Some(frame) = rx.recv().await {
+        give_back(&shared, frame).await;
+    }
+    let _ = sink.close().await;
+}
+
+async fn give_back(shared: &Shared, frame: OutFrame) {
+    if let Some(cid) = frame.client_id {
+        shared.server.requeue(&cid, frame.deliveries).await;
+    }
+}
