@@ -88,7 +88,8 @@ impl Inner {
             .collect();
         for id in stale {
             // Re-check under the entry: a ping may have arrived meanwhile.
-            let still_stale = self.clients.get(&*id).is_some_and(|e| now.duration_since(e.last_seen) > self.expire_after);
+            let still_stale =
+                self.clients.get(&*id).is_some_and(|e| now.duration_since(e.last_seen) > self.expire_after);
             if still_stale {
                 tracing::debug!(client_id = %id, "client expired");
                 self.destroy(&id);

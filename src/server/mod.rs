@@ -358,7 +358,9 @@ impl Server {
     pub async fn publish_local(&self, channel: &str, data: &serde_json::Value) -> Result<(), BayeuxError> {
         let message = Message {
             channel: Some(channel.to_string()),
-            data: Some(serde_json::value::to_raw_value(data).map_err(|_| BayeuxError::bad_request(vec!["data".into()]))?),
+            data: Some(
+                serde_json::value::to_raw_value(data).map_err(|_| BayeuxError::bad_request(vec!["data".into()]))?,
+            ),
             ..Message::default()
         };
         let ctx = RequestContext { local: true, ..RequestContext::default() };

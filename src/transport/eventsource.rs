@@ -108,7 +108,9 @@ impl Drop for EventStream {
         while let Ok(frame) = self.rx.try_recv() {
             undelivered.extend(frame.deliveries);
         }
-        if !undelivered.is_empty() && let Ok(rt) = tokio::runtime::Handle::try_current() {
+        if !undelivered.is_empty()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
             let server = self.server.clone();
             let client_id = self.client_id.clone();
             rt.spawn(async move { server.requeue(&client_id, undelivered).await });

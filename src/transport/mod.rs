@@ -56,7 +56,9 @@ impl Shared {
         let Some(rest) = path.strip_prefix(self.mount.as_str()) else {
             return false;
         };
-        rest.is_empty() || rest.starts_with('/') || (rest.starts_with('.') && !rest[1..].contains(['/', '.']) && rest.len() > 1)
+        rest.is_empty()
+            || rest.starts_with('/')
+            || (rest.starts_with('.') && !rest[1..].contains(['/', '.']) && rest.len() > 1)
     }
 
     fn is_script_path(&self, path: &str) -> bool {
@@ -257,11 +259,8 @@ pub(crate) fn request_context<B>(req: &Request<B>, remote: SocketAddr) -> crate:
 
 /// Reads a request body up to the limit.
 pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }

@@ -116,7 +116,9 @@ where
                 let code = if matches!(e, CodecError::TooLarge { .. }) { 413 } else { 400 };
                 let reply = Message {
                     successful: Some(false),
-                    error: Some(BayeuxError::bad_request(vec![code.to_string(), e.to_string().replace(':', " ")]).to_string()),
+                    error: Some(
+                        BayeuxError::bad_request(vec![code.to_string(), e.to_string().replace(':', " ")]).to_string(),
+                    ),
                     ..Message::default()
                 };
                 let bytes = codec::encode_array([codec::encode(&reply).as_ref()]);
