@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, lints, Rust tests, and the compat tests that drive
+# our release binary with the real npm faye client. Installs what a fresh Debian machine
+# with only the Rust toolchain lacks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]}"
+  apt-get update
+  apt-get install -y "${need_apt[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --all-targets -- -D warnings
+echo "== cargo build --release"
+cargo build --release
+echo "== cargo test"
+cargo test
+echo "== compat-tests (npm faye against our release binary)"
+(
+  cd compat-tests
+  npm ci --no-audit --no-fund
+  ACTIONCLUSTER_BIN="$PWD/../target/release/actioncluster" npm test
+)
