@@ -18,3 +18,8 @@ pub use config::{Config, ConfigError};
 pub use node::{Node, NodeBuilder, NodeError};
 pub use protocol::{BayeuxError, Message};
 pub use server::{Extension, RequestContext, Server, ServerEvent};
+
+/// The README's Rust examples, compiled as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
