@@ -25,6 +25,12 @@ pub struct Config {
     pub max_connections: usize,
     /// Browser client script to serve at `<mount>.js` and `<mount>/client.js`.
     pub client_script: Option<PathBuf>,
+    /// Redis URL; `None` keeps the in-process memory engine.
+    pub redis_url: Option<String>,
+    /// Redis key namespace (`faye` gives `faye/clients`; empty gives faye-redis's default).
+    pub namespace: String,
+    /// How often expired clients are garbage-collected from redis.
+    pub gc_interval: Duration,
     /// Upper bound on how long shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
 }
@@ -41,6 +47,9 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             max_connections: 250_000,
             client_script: None,
+            redis_url: None,
+            namespace: "faye".to_string(),
+            gc_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -58,6 +67,9 @@ pub enum ConfigError {
     /// The ping interval must be positive.
     #[error("ping must be greater than zero")]
     PingZero,
+    /// Garbage collection needs a positive interval.
+    #[error("gc interval must be greater than zero")]
+    GcIntervalZero,
     /// The body limit must allow at least a handshake.
     #[error("max body size must be at least 256 bytes")]
     BodyLimitTooSmall,
@@ -74,6 +86,9 @@ impl Config {
         }
         if self.ping.is_some_and(|p| p.is_zero()) {
             return Err(ConfigError::PingZero);
+        }
+        if self.gc_interval.is_zero() {
+            return Err(ConfigError::GcIntervalZero);
         }
         if self.max_body_bytes < 256 {
             return Err(ConfigError::BodyLimitTooSmall);

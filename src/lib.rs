@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod node;
 pub mod protocol;
+pub mod redis_conn;
 pub mod server;
 pub mod transport;
 

@@ -31,6 +31,13 @@ struct Args {
     /// Browser client script served at <mount>.js and <mount>/client.js.
     #[arg(long, env = "ACTIONCLUSTER_CLIENT_SCRIPT")]
     client_script: Option<PathBuf>,
+    /// Redis URL (redis://host:port/db, rediss://..., redis+unix:///path); without it the
+    /// node uses the in-process memory engine.
+    #[arg(long, env = "ACTIONCLUSTER_REDIS")]
+    redis: Option<String>,
+    /// Redis key namespace shared with the other nodes (faye-redis layout).
+    #[arg(long, env = "ACTIONCLUSTER_NAMESPACE", default_value = "faye")]
+    namespace: String,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `actioncluster=debug`.
     #[arg(long, env = "ACTIONCLUSTER_LOG", default_value = "info")]
     log: String,
@@ -63,6 +70,8 @@ async fn main() -> ExitCode {
         ping: args.ping.map(Duration::from_secs_f64),
         max_body_bytes: args.max_body,
         client_script: args.client_script,
+        redis_url: args.redis,
+        namespace: args.namespace,
         ..Config::default()
     };
     let node = match Node::start(config).await {

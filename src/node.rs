@@ -3,6 +3,7 @@
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::protocol::BayeuxError;
 use crate::server::{Extension, Server, ServerEvent, ServerSettings};
 use crate::transport::{self, TransportSettings};
@@ -19,6 +20,9 @@ pub enum NodeError {
     /// A setting is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Redis could not be used.
+    #[error(transparent)]
+    Redis(#[from] crate::redis_conn::RedisConnError),
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -54,7 +58,18 @@ impl NodeBuilder {
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(config.timeout));
+        let engine: Arc<dyn Engine> = match &config.redis_url {
+            None => Arc::new(MemoryEngine::new(config.timeout)),
+            Some(url) => Arc::new(
+                RedisEngine::connect(RedisSettings {
+                    url: url.clone(),
+                    namespace: config.namespace.clone(),
+                    timeout: config.timeout,
+                    gc_interval: config.gc_interval,
+                })
+                .await?,
+            ),
+        };
         let server = Server::new(
             engine.clone(),
             ServerSettings { timeout: config.timeout, interval: config.interval },
@@ -75,7 +90,8 @@ impl NodeBuilder {
             shutdown.clone(),
             tracker.clone(),
         );
-        tracing::info!(%local_addr, mount = %config.mount, "node started");
+        let engine_name = if config.redis_url.is_some() { "redis" } else { "memory" };
+        tracing::info!(%local_addr, mount = %config.mount, engine = engine_name, "node started");
         Ok(Node { config, local_addr, server, shutdown, tracker })
     }
 }

@@ -3,6 +3,7 @@
 //! talk only to the [`Engine`] trait, so either engine plugs in unchanged.
 
 pub mod memory;
+pub mod redis;
 
 use crate::protocol::Message;
 use async_trait::async_trait;
@@ -27,6 +28,20 @@ impl Envelope {
         let message = published.for_delivery();
         let encoded = crate::protocol::codec::encode(&message);
         Arc::new(Self { message, encoded })
+    }
+
+    /// Wraps a message read back from a queue (JSON of the whole published message). The
+    /// bytes are reused as-is when they carry no `clientId`; otherwise they are re-encoded.
+    pub fn from_json(json: Bytes) -> Option<Arc<Self>> {
+        let message: Message = serde_json::from_slice(&json).ok()?;
+        if message.malformed.is_some() || message.channel.is_none() {
+            return None;
+        }
+        if message.client_id.is_none() {
+            Some(Arc::new(Self { message, encoded: json }))
+        } else {
+            Some(Self::new(&message))
+        }
     }
 
     /// The channel it was published to.
@@ -56,6 +71,10 @@ pub trait EngineObserver: Send + Sync + 'static {
     fn subscribed(&self, _client_id: &str, _channel: &str) {}
     /// The client left a channel it was subscribed to.
     fn unsubscribed(&self, _client_id: &str, _channel: &str) {}
+    /// Another node destroyed the client: release whatever this node holds for it.
+    fn client_closed(&self, _client_id: &str) {}
+    /// Notifications may have been missed: every client held here should drain its queue.
+    fn redrain_all(&self) {}
 }
 
 /// Storage of clients, subscriptions and message queues (Faye's engine interface).

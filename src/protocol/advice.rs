@@ -12,6 +12,11 @@ pub fn handshake() -> Box<RawValue> {
     raw(r#"{"reconnect":"handshake"}"#.to_string())
 }
 
+/// Handshake again, but not before `interval_ms` (the server is briefly unable to serve).
+pub fn handshake_after(interval_ms: u64) -> Box<RawValue> {
+    raw(format!(r#"{{"reconnect":"handshake","interval":{interval_ms}}}"#))
+}
+
 /// The advice that tells a client not to reconnect at all.
 pub fn none() -> Box<RawValue> {
     raw(r#"{"reconnect":"none"}"#.to_string())

@@ -165,7 +165,14 @@ impl Server {
                 Err((mut reply, err)) => {
                     tracing::warn!(error = %err, "engine failure while handling a message");
                     reply.error = Some(BayeuxError::server_error(vec![]).to_string());
-                    self.advise(&mut reply, None);
+                    // Keep the client's identity: ask it to retry the same call shortly.
+                    let timeout_ms = self.inner.settings.timeout.as_millis() as u64;
+                    let interval_ms = (self.inner.settings.interval.as_millis() as u64).max(1000);
+                    reply.advice = match reply.channel_str() {
+                        channel::meta::CONNECT => Some(advice::retry(interval_ms, timeout_ms)),
+                        channel::meta::HANDSHAKE => Some(advice::handshake_after(interval_ms)),
+                        _ => None,
+                    };
                     Item::Ready(reply)
                 }
             };

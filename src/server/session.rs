@@ -153,6 +153,18 @@ impl EngineObserver for Sessions {
         self.emit(|| ServerEvent::Disconnect { client_id: client_id.to_string() });
     }
 
+    fn client_closed(&self, client_id: &str) {
+        if let Some((_, s)) = self.map.remove(client_id) {
+            s.closed.cancel();
+        }
+    }
+
+    fn redrain_all(&self) {
+        for s in self.map.iter() {
+            s.wake.notify_one();
+        }
+    }
+
     fn subscribed(&self, client_id: &str, channel: &str) {
         self.emit(|| ServerEvent::Subscribe { client_id: client_id.to_string(), channel: channel.to_string() });
     }

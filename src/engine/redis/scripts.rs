@@ -1,0 +1,84 @@
+//! Lua scripts: each multi-step change is one script, so it happens whole or not at all and
+//! costs one round trip. Per-client key names are built inside from the namespace exactly as
+//! `keys.rs` builds them (faye-redis layout), since the recipients are only known inside.
+
+use std::sync::LazyLock;
+
+/// Publish. ARGV: namespace, message JSON, cutoff ms (clients last seen before it are gone),
+/// then the expanded channels. Unions the subscribers of every channel; for each live one,
+/// appends the message to its queue and announces its id on the messages channel; a gone
+/// one's queue is deleted (as faye-redis does). Returns the number of recipients.
+/// Guarantees: every recipient gets the message once, in publish order per publisher.
+pub(crate) static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local ns, msg, cutoff = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local sets = {}
+for i = 4, #ARGV do sets[#sets + 1] = ns .. '/channels' .. ARGV[i] end
+local clients = redis.call('SUNION', unpack(sets))
+local delivered = 0
+for _, id in ipairs(clients) do
+  local queue = ns .. '/clients/' .. id .. '/messages'
+  local score = tonumber(redis.call('ZSCORE', ns .. '/clients', id))
+  if score and score > cutoff then
+    redis.call('RPUSH', queue, msg)
+    redis.call('PUBLISH', ns .. '/notifications/messages', id)
+    delivered = delivered + 1
+  else
+    redis.call('DEL', queue)
+  end
+end
+return delivered
+"#,
+    )
+});
+
+/// Take a client's queue. KEYS[1]: the queue. Returns every message and deletes the list in
+/// one step, so a message is either returned once or still queued.
+pub(crate) static TAKE_QUEUE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local messages = redis.call('LRANGE', KEYS[1], 0, -1)
+if #messages > 0 then redis.call('DEL', KEYS[1]) end
+return messages
+"#,
+    )
+});
+
+/// Destroy a client. ARGV: namespace, client id. Marks it (score 0), removes it from every
+/// channel set and its own, deletes its queue, removes it, and announces it on the close
+/// channel — the faye-redis sequence in one atomic step. Returns {existed, channels...}.
+pub(crate) static DESTROY: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local ns, id = ARGV[1], ARGV[2]
+local own = ns .. '/clients/' .. id .. '/channels'
+local channels = redis.call('SMEMBERS', own)
+local existed = redis.call('ZSCORE', ns .. '/clients', id) and 1 or 0
+redis.call('ZADD', ns .. '/clients', 0, id)
+local result = {existed}
+for _, c in ipairs(channels) do
+  redis.call('SREM', own, c)
+  if redis.call('SREM', ns .. '/channels' .. c, id) == 1 then result[#result + 1] = c end
+end
+redis.call('DEL', ns .. '/clients/' .. id .. '/messages')
+redis.call('ZREM', ns .. '/clients', id)
+redis.call('PUBLISH', ns .. '/notifications/close', id)
+return result
+"#,
+    )
+});
+
+/// Requeue at the head. KEYS[1]: the queue; KEYS[2]: the clients set; ARGV[1]: client id;
+/// ARGV[2]: messages channel; ARGV[3..]: messages oldest first. Only while the client still
+/// exists, and announces them so whichever node holds the client drains again.
+pub(crate) static REQUEUE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+for i = #ARGV, 3, -1 do redis.call('LPUSH', KEYS[1], ARGV[i]) end
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+return #ARGV - 2
+"#,
+    )
+});
