@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, Rust tests, and the compat tests that drive
-# our release binary with the real npm faye client. Installs what a fresh Debian machine
-# with only the Rust toolchain lacks.
+# our release binary with the real npm faye client (and faye-redis). Installs what a fresh
+# Debian machine with only the Rust toolchain lacks (node, npm, redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   apt-get update
