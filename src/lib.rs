@@ -7,6 +7,7 @@
 //! them from a [`Config`].
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod node;
@@ -15,6 +16,10 @@ pub mod redis_conn;
 pub mod server;
 pub mod transport;
 
+pub use client::{
+    CallbackSubscription, Client, ClientBuilder, ClientError, ClientExtension, ConnectionState, ConnectionType,
+    Delivery, StateWatcher, Subscription, TransportPreference,
+};
 pub use config::{Config, ConfigError};
 pub use node::{Node, NodeBuilder, NodeError};
 pub use protocol::{BayeuxError, Message};
