@@ -179,6 +179,9 @@ pub(crate) struct Driver {
     closed: bool,
     advice: Advice,
     requests: HashMap<u64, Request>,
+    /// The long-polling POST of queued requests under way, by batch tag.
+    post_in_flight: Option<u64>,
+    next_batch: u64,
     outbox: VecDeque<u64>,
     patterns: BTreeMap<String, Pattern>,
     next_id: u64,
@@ -216,6 +219,8 @@ impl Driver {
             closed: false,
             advice: Advice { reconnect: Reconnect::Retry, interval: Duration::ZERO, timeout: DEFAULT_SERVER_TIMEOUT },
             requests: HashMap::new(),
+            post_in_flight: None,
+            next_batch: 0,
             outbox: VecDeque::new(),
             patterns: BTreeMap::new(),
             next_id: 0,
@@ -450,7 +455,8 @@ impl Driver {
         self.requests.insert(id, Request { kind: Kind::Handshake, sent: Some(self.generation) });
         self.handshake = Some(id);
         tracing::debug!("handshaking");
-        self.transmit(vec![with_id(message, id)]);
+        let encoded = self.encode(with_id(message, id));
+        self.send_batch(&[encoded]);
     }
 
     /// `probe`: ask the server not to hold the reply (client advice `timeout: 0`).
@@ -467,15 +473,23 @@ impl Driver {
         };
         self.requests.insert(id, Request { kind: Kind::Connect, sent: Some(self.generation) });
         self.connect = Some((id, Instant::now() + self.reply_timeout()));
-        self.transmit(vec![with_id(message, id)]);
+        let encoded = self.encode(with_id(message, id));
+        self.send_batch(&[encoded]);
     }
 
-    /// Sends every queued request in order, in as few batches as the size limit allows.
+    /// Sends the queued requests in order. Over long-polling one such POST is in flight at a
+    /// time (requests queued meanwhile go together in the next), because POSTs on separate
+    /// connections may be processed out of order; a websocket keeps order by itself.
     fn flush(&mut self) {
         let Some(client_id) = self.client_id.clone() else { return };
-        let mut batch = Vec::new();
+        let long_polling = matches!(self.transport, Some(Transport::LongPolling(_)));
+        if long_polling && self.post_in_flight.is_some() {
+            return;
+        }
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut size = 0;
         while let Some(id) = self.outbox.pop_front() {
-            let Some(request) = self.requests.get_mut(&id) else { continue };
+            let Some(request) = self.requests.get(&id) else { continue };
             let message = match &request.kind {
                 Kind::Publish { reply, .. } if reply.is_closed() => {
                     // The caller gave up (timeout or dropped future): do not publish late.
@@ -500,43 +514,56 @@ impl Driver {
                 }
                 Kind::Handshake | Kind::Connect => continue,
             };
-            request.sent = Some(self.generation);
-            batch.push(with_id(Message { client_id: Some(client_id.clone()), ..message }, id));
-        }
-        if !batch.is_empty() {
-            self.transmit(batch);
-        }
-    }
-
-    /// Runs the outgoing extensions, encodes, and hands the batch(es) to the transport.
-    fn transmit(&mut self, messages: Vec<Message>) {
-        let Some(transport) = &self.transport else { return };
-        let reply_timeout = self.reply_timeout();
-        let mut parts: Vec<Bytes> = Vec::with_capacity(messages.len());
-        let mut size = 0;
-        for mut message in messages {
-            for extension in &self.options.extensions {
-                extension.outgoing(&mut message);
-            }
-            let encoded = codec::encode(&message);
+            let encoded = self.encode(with_id(Message { client_id: Some(client_id.clone()), ..message }, id));
             if size + encoded.len() > MAX_BATCH_BYTES && !parts.is_empty() {
-                transport.send(codec::encode_array(parts.iter().map(|p| p.as_ref())), reply_timeout);
+                if long_polling {
+                    self.outbox.push_front(id);
+                    break;
+                }
+                self.send_batch(&parts);
                 parts.clear();
                 size = 0;
+            }
+            if let Some(request) = self.requests.get_mut(&id) {
+                request.sent = Some(self.generation);
             }
             size += encoded.len() + 1;
             parts.push(encoded);
         }
         if !parts.is_empty() {
-            tracing::trace!(count = parts.len(), "sending batch");
-            transport.send(codec::encode_array(parts.iter().map(|p| p.as_ref())), reply_timeout);
+            let tag = self.send_batch(&parts);
+            if long_polling {
+                self.post_in_flight = Some(tag);
+            }
         }
+    }
+
+    /// Runs the outgoing extensions and encodes.
+    fn encode(&self, mut message: Message) -> Bytes {
+        for extension in &self.options.extensions {
+            extension.outgoing(&mut message);
+        }
+        codec::encode(&message)
+    }
+
+    /// Hands one batch of encoded messages to the transport; returns the batch's tag.
+    fn send_batch(&mut self, parts: &[Bytes]) -> u64 {
+        self.next_batch += 1;
+        let tag = self.next_batch;
+        if let Some(transport) = &self.transport {
+            tracing::trace!(count = parts.len(), "sending batch");
+            transport.send(codec::encode_array(parts.iter().map(|p| p.as_ref())), self.reply_timeout(), tag);
+        }
+        tag
     }
 
     // ----- transport events -----
 
     fn on_event(&mut self, event: Event) {
-        if let EventKind::Received(messages) = event.kind {
+        if let EventKind::Received { messages, batch } = event.kind {
+            if batch.is_some() && batch == self.post_in_flight {
+                self.post_in_flight = None;
+            }
             // Replies are matched by id, so even a late one from an older transport counts.
             return self.on_messages(messages);
         }
@@ -555,7 +582,7 @@ impl Driver {
                 self.failed(error);
             }
             EventKind::Lost(error) if self.transport.is_some() => self.failed(error),
-            EventKind::Lost(_) | EventKind::Received(_) => {}
+            EventKind::Lost(_) | EventKind::Received { .. } => {}
         }
     }
 
@@ -564,6 +591,7 @@ impl Driver {
         let error = Arc::new(error);
         self.transport = None;
         self.confirmed = false;
+        self.post_in_flight = None;
         self.generation += 1; // later reports of the failed transport are stale
         self.handshake = None;
         self.connect = None;
@@ -765,7 +793,10 @@ impl Driver {
             }
             Reconnect::Retry => {
                 self.failures = 0;
-                self.confirmed = true;
+                if !self.confirmed {
+                    self.confirmed = true;
+                    self.publish_state();
+                }
                 if !self.advice.interval.is_zero() {
                     self.next_connect = Some(now + self.advice.interval);
                 }
@@ -871,7 +902,7 @@ impl Driver {
     fn publish_state(&self) {
         let state = match (&self.client_id, &self.transport, self.closed) {
             (_, _, true) => ConnectionState::Closed,
-            (Some(client_id), Some(transport), false) => ConnectionState::Connected {
+            (Some(client_id), Some(transport), false) if self.confirmed => ConnectionState::Connected {
                 client_id: client_id.clone(),
                 connection_type: transport.connection_type(),
             },

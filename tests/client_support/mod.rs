@@ -95,7 +95,9 @@ impl NoUpgradeProxy {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 tokio::spawn(async move {
                     let service = service_fn(move |req| forward(req, upstream));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });

@@ -50,7 +50,7 @@ impl LongPolling {
     }
 
     /// POSTs one batch on its own task; the reply (or the failure) becomes an event.
-    pub(crate) fn send(&self, body: Bytes, reply_timeout: Duration) {
+    pub(crate) fn send(&self, body: Bytes, reply_timeout: Duration, batch: u64) {
         let http = self.http.clone();
         let events = self.events.clone();
         let generation = self.generation;
@@ -64,7 +64,7 @@ impl LongPolling {
                 Err(_) => EventKind::Lost(TransportError::ReplyTimeout(reply_timeout)),
                 Ok(Err(e)) => EventKind::Lost(e),
                 Ok(Ok(reply)) => match codec::decode(&reply, http.limits.max_message_bytes) {
-                    Ok(messages) => EventKind::Received(messages),
+                    Ok(messages) => EventKind::Received { messages, batch: Some(batch) },
                     Err(e) => EventKind::Lost(e.into()),
                 },
             };

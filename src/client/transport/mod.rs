@@ -101,8 +101,9 @@ pub(crate) enum EventKind {
     Opened(Transport),
     /// No transport could be opened.
     OpenFailed(TransportError),
-    /// Messages arrived: replies and delivered messages.
-    Received(Vec<Message>),
+    /// Messages arrived: replies and delivered messages; `batch` names the long-polling
+    /// POST they answer.
+    Received { messages: Vec<Message>, batch: Option<u64> },
     /// The transport failed; whatever was in flight on it is lost.
     Lost(TransportError),
 }
@@ -132,11 +133,12 @@ impl Transport {
     }
 
     /// Sends one batch (a JSON array). Replies arrive as [`EventKind::Received`]; a failure
-    /// as [`EventKind::Lost`]. `reply_timeout` bounds a long-polling request.
-    pub(crate) fn send(&self, body: Bytes, reply_timeout: Duration) {
+    /// as [`EventKind::Lost`]. `reply_timeout` bounds a long-polling request; `batch` tags its
+    /// reply.
+    pub(crate) fn send(&self, body: Bytes, reply_timeout: Duration, batch: u64) {
         match self {
             Transport::WebSocket(ws) => ws.send(body),
-            Transport::LongPolling(lp) => lp.send(body, reply_timeout),
+            Transport::LongPolling(lp) => lp.send(body, reply_timeout, batch),
         }
     }
 }

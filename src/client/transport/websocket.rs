@@ -98,7 +98,7 @@ impl WebSocket {
                     Ok(messages) if messages.is_empty() => {}
                     Ok(messages) => {
                         tracing::trace!(count = messages.len(), "websocket frame received");
-                        let _ = events.send(Event { generation, kind: EventKind::Received(messages) });
+                        let _ = events.send(Event { generation, kind: EventKind::Received { messages, batch: None } });
                     }
                     Err(e) => tracing::warn!(error = %e, "ignoring an undecodable websocket frame"),
                 }
