@@ -114,3 +114,62 @@ async fn a_publish_waiting_too_long_times_out() {
     let result = client.publish("/x", json!(1)).await;
     assert!(matches!(result, Err(ClientError::Timeout(_))), "{result:?}");
 }
+
+#[tokio::test]
+async fn an_unanswered_handshake_times_out() {
+    let silent = client_support::SilentWsServer::start().await;
+    let result = builder(&silent.endpoint(), TransportPreference::WebSocket)
+        .request_timeout(Duration::from_millis(300))
+        .build()
+        .await;
+    assert!(matches!(result, Err(ClientError::Transport(_))), "{result:?}");
+}
+
+/// Answers every connect with 401, as a server that keeps forgetting its clients would.
+struct ForgetfulServer {
+    handshakes: std::sync::Mutex<Vec<std::time::Instant>>,
+    seen: tokio::sync::Notify,
+}
+
+impl actioncluster::Extension for ForgetfulServer {
+    fn incoming(&self, message: &mut actioncluster::Message, _request: &actioncluster::RequestContext) {
+        match message.channel_str() {
+            "/meta/handshake" => {
+                self.handshakes.lock().unwrap().push(std::time::Instant::now());
+                self.seen.notify_one();
+            }
+            "/meta/connect" => message.error = Some("401::Unknown client".into()),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn repeated_rehandshakes_back_off() {
+    let forgetful = std::sync::Arc::new(ForgetfulServer { handshakes: Default::default(), seen: Default::default() });
+    struct Shared(std::sync::Arc<ForgetfulServer>);
+    impl actioncluster::Extension for Shared {
+        fn incoming(&self, message: &mut actioncluster::Message, request: &actioncluster::RequestContext) {
+            self.0.incoming(message, request);
+        }
+    }
+    let node = Node::builder(config(0)).extension(Shared(forgetful.clone())).start().await.unwrap();
+    let min = Duration::from_millis(200);
+    let _client = builder(&node.endpoint(), TransportPreference::WebSocket)
+        .backoff(min, Duration::from_millis(400))
+        .build()
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        while forgetful.handshakes.lock().unwrap().len() < 4 {
+            forgetful.seen.notified().await;
+        }
+    })
+    .await
+    .expect("four handshakes");
+    let times = forgetful.handshakes.lock().unwrap().clone();
+    // The first re-handshake is immediate (a restarted server); later ones back off.
+    assert!(times[2] - times[1] >= min / 2, "{:?}", times[2] - times[1]);
+    assert!(times[3] - times[2] >= min, "{:?}", times[3] - times[2]);
+    node.shutdown().await;
+}

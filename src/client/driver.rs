@@ -167,7 +167,11 @@ pub(crate) struct Driver {
     /// reply). Until then queued requests wait, so that after a reconnect they go out on a
     /// live session, behind the restored subscriptions.
     confirmed: bool,
-    handshake: Option<u64>,
+    /// The handshake in flight and when its reply is overdue.
+    handshake: Option<(u64, Instant)>,
+    /// Re-handshakes asked for by connect replies since the last successful connect: a
+    /// server that forgets the client right after each handshake is retried with backoff.
+    rehandshakes: u32,
     /// The connect in flight and when its reply is overdue.
     connect: Option<(u64, Instant)>,
     /// The advised pause before the next connect.
@@ -212,6 +216,7 @@ impl Driver {
             client_id: None,
             confirmed: false,
             handshake: None,
+            rehandshakes: 0,
             connect: None,
             next_connect: None,
             retry_at: None,
@@ -287,7 +292,16 @@ impl Driver {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        [self.retry_at, self.next_connect, self.connect.map(|(_, at)| at), self.closing].into_iter().flatten().min()
+        [
+            self.retry_at,
+            self.next_connect,
+            self.connect.map(|(_, at)| at),
+            self.handshake.map(|(_, at)| at),
+            self.closing,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn on_wake(&mut self) {
@@ -302,6 +316,11 @@ impl Driver {
         {
             let waited = self.reply_timeout();
             self.failed(TransportError::ReplyTimeout(waited));
+        }
+        if let Some((_, at)) = self.handshake
+            && at <= now
+        {
+            self.failed(TransportError::ReplyTimeout(self.options.request_timeout));
         }
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retry_at = None;
@@ -453,10 +472,10 @@ impl Driver {
             ..Message::default()
         };
         self.requests.insert(id, Request { kind: Kind::Handshake, sent: Some(self.generation) });
-        self.handshake = Some(id);
+        self.handshake = Some((id, Instant::now() + self.options.request_timeout));
         tracing::debug!("handshaking");
         let encoded = self.encode(with_id(message, id));
-        self.send_batch(&[encoded]);
+        self.send_batch(&[encoded], self.options.request_timeout);
     }
 
     /// `probe`: ask the server not to hold the reply (client advice `timeout: 0`).
@@ -474,7 +493,7 @@ impl Driver {
         self.requests.insert(id, Request { kind: Kind::Connect, sent: Some(self.generation) });
         self.connect = Some((id, Instant::now() + self.reply_timeout()));
         let encoded = self.encode(with_id(message, id));
-        self.send_batch(&[encoded]);
+        self.send_batch(&[encoded], self.reply_timeout());
     }
 
     /// Sends the queued requests in order. Over long-polling one such POST is in flight at a
@@ -520,7 +539,7 @@ impl Driver {
                     self.outbox.push_front(id);
                     break;
                 }
-                self.send_batch(&parts);
+                self.send_batch(&parts, self.options.request_timeout);
                 parts.clear();
                 size = 0;
             }
@@ -531,7 +550,7 @@ impl Driver {
             parts.push(encoded);
         }
         if !parts.is_empty() {
-            let tag = self.send_batch(&parts);
+            let tag = self.send_batch(&parts, self.options.request_timeout);
             if long_polling {
                 self.post_in_flight = Some(tag);
             }
@@ -547,12 +566,13 @@ impl Driver {
     }
 
     /// Hands one batch of encoded messages to the transport; returns the batch's tag.
-    fn send_batch(&mut self, parts: &[Bytes]) -> u64 {
+    /// `timeout` bounds a long-polling POST.
+    fn send_batch(&mut self, parts: &[Bytes], timeout: Duration) -> u64 {
         self.next_batch += 1;
         let tag = self.next_batch;
         if let Some(transport) = &self.transport {
             tracing::trace!(count = parts.len(), "sending batch");
-            transport.send(codec::encode_array(parts.iter().map(|p| p.as_ref())), self.reply_timeout(), tag);
+            transport.send(codec::encode_array(parts.iter().map(|p| p.as_ref())), timeout, tag);
         }
         tag
     }
@@ -772,27 +792,34 @@ impl Driver {
             return;
         }
         let now = Instant::now();
+        let forgotten = self.advice.reconnect == Reconnect::Handshake || (!ok && error.code == 401);
         match self.advice.reconnect {
             Reconnect::None => {
                 tracing::info!("the server advised not to reconnect");
                 self.close(ClientError::Disconnected)
             }
-            Reconnect::Handshake => {
+            _ if forgotten => {
                 tracing::debug!(%error, "the server asked for a new handshake");
+                self.rehandshakes += 1;
                 self.rehandshake();
-                if !self.advice.interval.is_zero() {
-                    self.retry_at = Some(now + self.advice.interval);
+                let mut delay = self.advice.interval;
+                if self.rehandshakes > 1 {
+                    let (min, max) = (self.options.backoff_min, self.options.backoff_max);
+                    delay = delay.max(backoff(min, max, self.rehandshakes - 1, rand::random::<f64>()));
+                }
+                if !delay.is_zero() {
+                    self.retry_at = Some(now + delay);
                 }
             }
-            Reconnect::Retry if !ok && error.code == 401 => self.rehandshake(),
-            Reconnect::Retry if !ok => {
+            Reconnect::Retry | Reconnect::Handshake if !ok => {
                 self.failures += 1;
                 let delay = self.backoff().max(self.advice.interval);
                 tracing::warn!(%error, ?delay, "connect rejected; retrying");
                 self.retry_at = Some(now + delay);
             }
-            Reconnect::Retry => {
+            Reconnect::Retry | Reconnect::Handshake => {
                 self.failures = 0;
+                self.rehandshakes = 0;
                 if !self.confirmed {
                     self.confirmed = true;
                     self.publish_state();

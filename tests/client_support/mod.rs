@@ -132,3 +132,36 @@ async fn forward(req: Request<Incoming>, upstream: SocketAddr) -> Result<Respons
     let body = body.collect().await?.to_bytes();
     Ok(Response::from_parts(parts, Full::new(body)))
 }
+
+/// A websocket server that accepts upgrades and never answers, like a wedged proxy.
+pub struct SilentWsServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentWsServer {
+    pub async fn start() -> SilentWsServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                    sockets.push(ws); // held open, never read or written
+                }
+            }
+        });
+        SilentWsServer { addr, task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/faye", self.addr)
+    }
+}
+
+impl Drop for SilentWsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
