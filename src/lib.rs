@@ -18,7 +18,7 @@ pub mod transport;
 
 pub use client::{
     CallbackSubscription, Client, ClientBuilder, ClientError, ClientExtension, ConnectionState, ConnectionType,
-    Delivery, StateWatcher, Subscription, TransportPreference,
+    Delivery, InProcessServer, StateWatcher, Subscription, TransportPreference,
 };
 pub use config::{Config, ConfigError};
 pub use node::{Node, NodeBuilder, NodeError};

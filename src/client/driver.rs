@@ -7,7 +7,7 @@
 //! transport, a timer) updates the state, then [`Driver::advance`] takes the next step:
 //! open a transport, handshake, send queued requests, keep a connect in flight.
 
-use super::transport::{self, Endpoint, Event, EventKind, Events, Limits, Transport, TransportError};
+use super::transport::{self, Event, EventKind, Events, Limits, Target, Transport, TransportError};
 use super::{ClientError, ClientExtension, ConnectionState, Delivery, TransportPreference};
 use crate::protocol::channel::{self, meta};
 use crate::protocol::{BAYEUX_VERSION, BayeuxError, Message, Subscription, codec};
@@ -150,7 +150,7 @@ pub(crate) fn backoff(min: Duration, max: Duration, attempt: u32, unit: f64) -> 
 }
 
 pub(crate) struct Driver {
-    endpoint: Endpoint,
+    target: Target,
     options: Arc<Options>,
     commands: mpsc::UnboundedReceiver<Command>,
     commands_open: bool,
@@ -194,7 +194,7 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub(crate) fn new(
-        endpoint: Endpoint,
+        target: Target,
         options: Arc<Options>,
         commands: mpsc::UnboundedReceiver<Command>,
         state: watch::Sender<ConnectionState>,
@@ -202,7 +202,7 @@ impl Driver {
     ) -> Driver {
         let (events_tx, events) = mpsc::unbounded_channel();
         Driver {
-            endpoint,
+            target,
             options,
             commands,
             commands_open: true,
@@ -444,7 +444,7 @@ impl Driver {
             Limits { connect_timeout: self.options.connect_timeout, max_message_bytes: self.options.max_message_bytes };
         tracing::debug!(generation = self.generation, preference = ?self.options.preference, "opening transport");
         tokio::spawn(transport::open(
-            self.endpoint.clone(),
+            self.target.clone(),
             self.options.preference,
             limits,
             self.generation,
@@ -461,6 +461,7 @@ impl Driver {
     fn send_handshake(&mut self) {
         let id = self.new_id();
         let types = match self.options.preference {
+            _ if matches!(self.target, Target::Local(_)) => vec!["in-process".to_string()],
             TransportPreference::Auto => vec!["websocket".to_string(), "long-polling".to_string()],
             TransportPreference::WebSocket => vec!["websocket".to_string()],
             TransportPreference::LongPolling => vec!["long-polling".to_string()],
@@ -501,7 +502,7 @@ impl Driver {
     /// connections may be processed out of order; a websocket keeps order by itself.
     fn flush(&mut self) {
         let Some(client_id) = self.client_id.clone() else { return };
-        let long_polling = matches!(self.transport, Some(Transport::LongPolling(_)));
+        let long_polling = self.transport.as_ref().is_some_and(Transport::is_request_response);
         if long_polling && self.post_in_flight.is_some() {
             return;
         }

@@ -45,7 +45,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use transport::TransportError;
+pub use transport::{InProcessServer, TransportError};
 
 /// Which transport the client uses to reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +67,8 @@ pub enum ConnectionType {
     WebSocket,
     /// `long-polling`
     LongPolling,
+    /// `in-process`: a server in the same process, no socket.
+    InProcess,
 }
 
 impl ConnectionType {
@@ -75,6 +77,7 @@ impl ConnectionType {
         match self {
             ConnectionType::WebSocket => "websocket",
             ConnectionType::LongPolling => "long-polling",
+            ConnectionType::InProcess => "in-process",
         }
     }
 }
@@ -181,13 +184,24 @@ impl Delivery {
 /// Builds a [`Client`] with options other than the defaults.
 #[derive(Clone)]
 pub struct ClientBuilder {
-    url: String,
+    target: Target,
     options: Options,
+}
+
+/// What the builder connects to.
+#[derive(Clone)]
+enum Target {
+    Url(String),
+    InProcess(Arc<dyn InProcessServer>),
 }
 
 impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientBuilder").field("url", &self.url).finish_non_exhaustive()
+        let target = match &self.target {
+            Target::Url(url) => url.as_str(),
+            Target::InProcess(_) => "in-process",
+        };
+        f.debug_struct("ClientBuilder").field("target", &target).finish_non_exhaustive()
     }
 }
 
@@ -250,13 +264,16 @@ impl ClientBuilder {
     /// Starts the driver and waits for the first handshake. Fails when the server cannot be
     /// reached or rejects the handshake; after that, the driver reconnects by itself.
     pub async fn build(self) -> Result<Client, ClientError> {
-        let endpoint = transport::Endpoint::parse(&self.url)?;
+        let (target, name) = match self.target {
+            Target::Url(url) => (transport::Target::Remote(transport::Endpoint::parse(&url)?), url),
+            Target::InProcess(server) => (transport::Target::Local(server), "in-process".to_string()),
+        };
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
         let (ready_tx, ready_rx) = oneshot::channel();
         let options = Arc::new(self.options);
-        let driver = Driver::new(endpoint, options.clone(), commands_rx, state_tx, ready_tx);
-        let span = tracing::debug_span!("bayeux_client", endpoint = %self.url);
+        let driver = Driver::new(target, options.clone(), commands_rx, state_tx, ready_tx);
+        let span = tracing::debug_span!("bayeux_client", endpoint = %name);
         tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         ready_rx.await.map_err(|_| ClientError::Disconnected)??;
         Ok(Client {
@@ -318,7 +335,30 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
-        ClientBuilder { url: url.into(), options: Options::default() }
+        ClientBuilder { target: Target::Url(url.into()), options: Options::default() }
+    }
+
+    /// A builder for a client of a server in the same process: no socket, the same API.
+    /// The transport preference does not apply.
+    ///
+    /// ```no_run
+    /// use actioncluster::{Client, InProcessServer, Message};
+    /// use std::sync::Arc;
+    ///
+    /// struct Local; // e.g. a wrapper around the node's server
+    /// #[async_trait::async_trait]
+    /// impl InProcessServer for Local {
+    ///     async fn process(&self, messages: Vec<Message>) -> bytes::Bytes {
+    ///         unimplemented!("hand the batch to the server, return its reply array")
+    ///     }
+    /// }
+    ///
+    /// # async fn run() -> Result<(), actioncluster::ClientError> {
+    /// let client = Client::in_process(Arc::new(Local)).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn in_process(server: Arc<dyn InProcessServer>) -> ClientBuilder {
+        ClientBuilder { target: Target::InProcess(server), options: Options::default() }
     }
 
     /// Publishes `data` to `channel` and returns once the server acknowledged it. A Bayeux

@@ -1,6 +1,7 @@
 //! The client's transports: each carries batches of Bayeux messages to the server and hands
 //! every received message (replies and deliveries alike) to the driver as events.
 
+mod in_process;
 mod long_polling;
 mod websocket;
 
@@ -13,7 +14,10 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
+pub(crate) use in_process::InProcess;
+pub use in_process::InProcessServer;
 pub(crate) use long_polling::LongPolling;
+use std::sync::Arc;
 pub(crate) use websocket::WebSocket;
 
 /// Why a transport could not carry a request or its reply.
@@ -87,6 +91,22 @@ impl Endpoint {
     }
 }
 
+/// Where the client connects: a URL, or a server in the same process.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Remote(Endpoint),
+    Local(Arc<dyn InProcessServer>),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Remote(endpoint) => write!(f, "{}", endpoint.ws_url),
+            Target::Local(_) => f.write_str("in-process"),
+        }
+    }
+}
+
 /// What a transport reports to the driver. `generation` names the transport instance, so
 /// reports from a transport the driver already gave up on are recognised.
 #[derive(Debug)]
@@ -122,6 +142,7 @@ pub(crate) struct Limits {
 pub(crate) enum Transport {
     WebSocket(WebSocket),
     LongPolling(LongPolling),
+    InProcess(InProcess),
 }
 
 impl Transport {
@@ -129,7 +150,13 @@ impl Transport {
         match self {
             Transport::WebSocket(_) => ConnectionType::WebSocket,
             Transport::LongPolling(_) => ConnectionType::LongPolling,
+            Transport::InProcess(_) => ConnectionType::InProcess,
         }
+    }
+
+    /// True when each batch is its own request (no ordering between concurrent ones).
+    pub(crate) fn is_request_response(&self) -> bool {
+        !matches!(self, Transport::WebSocket(_))
     }
 
     /// Sends one batch (a JSON array). Replies arrive as [`EventKind::Received`]; a failure
@@ -139,18 +166,27 @@ impl Transport {
         match self {
             Transport::WebSocket(ws) => ws.send(body),
             Transport::LongPolling(lp) => lp.send(body, reply_timeout, batch),
+            Transport::InProcess(local) => local.send(body, reply_timeout, batch),
         }
     }
 }
 
 /// Opens a transport as `preference` says, reporting the outcome as an event.
 pub(crate) async fn open(
-    endpoint: Endpoint,
+    target: Target,
     preference: TransportPreference,
     limits: Limits,
     generation: u64,
     events: Events,
 ) {
+    let endpoint = match target {
+        Target::Remote(endpoint) => endpoint,
+        Target::Local(server) => {
+            let local = InProcess::new(server, limits.max_message_bytes, generation, events.clone());
+            let _ = events.send(Event { generation, kind: EventKind::Opened(Transport::InProcess(local)) });
+            return;
+        }
+    };
     let kind = match preference {
         TransportPreference::LongPolling => {
             EventKind::Opened(Transport::LongPolling(LongPolling::new(endpoint, limits, generation, events.clone())))
