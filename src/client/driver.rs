@@ -907,6 +907,10 @@ impl Driver {
 
     /// After a handshake: one subscribe per pattern with subscribers, ahead of the queue.
     fn resubscribe(&mut self) {
+        for state in self.patterns.values_mut() {
+            // Callers that gave up waiting for their subscribe are not restored.
+            state.waiting.retain(|(_, _, reply)| !reply.is_closed());
+        }
         self.patterns.retain(|_, state| !state.active.is_empty() || !state.waiting.is_empty());
         let patterns: Vec<String> = self.patterns.keys().cloned().collect();
         let mut ids = Vec::with_capacity(patterns.len());
