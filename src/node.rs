@@ -1,11 +1,12 @@
 //! Wiring: builds the engine, server and transport from a [`Config`] and owns shutdown.
 
+use crate::client::{Client, ClientBuilder, InProcessServer};
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::protocol::BayeuxError;
-use crate::server::{Extension, Server, ServerEvent, ServerSettings};
+use crate::server::{Extension, RequestContext, Server, ServerEvent, ServerSettings};
 use crate::transport::{self, TransportSettings};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -136,6 +137,12 @@ impl Node {
         self.server.publish_local(channel, &data).await
     }
 
+    /// A client inside this node, with the same API as a remote one and no socket. It may
+    /// subscribe to `/service/**` (server-side listeners).
+    pub fn client(&self) -> ClientBuilder {
+        Client::in_process(Arc::new(LocalServer(self.server.clone())))
+    }
+
     /// The Bayeux server of this node.
     pub fn server(&self) -> &Server {
         &self.server
@@ -155,5 +162,16 @@ impl Node {
         if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait()).await.is_err() {
             tracing::warn!("shutdown grace elapsed with connections still open");
         }
+    }
+}
+
+/// Hands an in-process client's batches straight to the server, marked local.
+struct LocalServer(Server);
+
+#[async_trait::async_trait]
+impl InProcessServer for LocalServer {
+    async fn process(&self, messages: Vec<crate::protocol::Message>) -> bytes::Bytes {
+        let ctx = RequestContext { local: true, ..RequestContext::default() };
+        self.0.process_and_finish(messages, &ctx).await
     }
 }

@@ -1,33 +1,19 @@
-//! The client on a node without a socket: an [`InProcessServer`] adapter over the server's
-//! public `process_and_finish`, with the same API as a remote client, talking to remote
+//! The client on a node without a socket (`Node::client()`), with the same API as a remote client, talking to remote
 //! clients of the same node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod client_support;
 
-use actioncluster::{Client, ConnectionState, ConnectionType, InProcessServer, Message, RequestContext, Server};
+use actioncluster::{ConnectionState, ConnectionType};
 use actioncluster::{ServerEvent, TransportPreference};
-use bytes::Bytes;
 use client_support::{client, event, next, node};
 use serde_json::json;
-use std::sync::Arc;
-
-/// What the node would offer: batches go straight to its server, marked local.
-struct Local(Server);
-
-#[async_trait::async_trait]
-impl InProcessServer for Local {
-    async fn process(&self, messages: Vec<Message>) -> Bytes {
-        let ctx = RequestContext { local: true, ..RequestContext::default() };
-        self.0.process_and_finish(messages, &ctx).await
-    }
-}
 
 #[tokio::test]
 async fn in_process_client_talks_to_remote_clients() {
     let node = node().await;
     let mut events = node.events();
-    let local = Client::in_process(Arc::new(Local(node.server().clone()))).build().await.unwrap();
+    let local = node.client().build().await.unwrap();
     assert!(matches!(local.state(), ConnectionState::Connected { connection_type: ConnectionType::InProcess, .. }));
     let local_id = local.client_id().unwrap();
     let remote = client(&node, TransportPreference::WebSocket).await;
