@@ -13,7 +13,7 @@ use std::sync::Arc;
 const DEFAULT_CALLBACK: &str = "jsonpcallback";
 
 /// `^[a-z_$][a-z0-9_$]*(\.[a-z_$][a-z0-9_$]*)*$`, case-insensitive.
-fn is_valid_callback(name: &str) -> bool {
+pub(crate) fn is_valid_callback(name: &str) -> bool {
     name.split('.').all(|part| {
         let mut chars = part.chars();
         matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == '$')

@@ -24,8 +24,19 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: 
     let json = if is_json {
         body
     } else {
-        match form_urlencoded::parse(&body).find(|(k, _)| k == "message") {
-            Some((_, v)) if !v.is_empty() => bytes::Bytes::from(v.into_owned()),
+        let mut message = None;
+        for (k, v) in form_urlencoded::parse(&body) {
+            match k.as_ref() {
+                "message" => message = Some(v.into_owned()),
+                // Faye validates a form's callback name even though a POST reply is JSON.
+                "jsonp" if !v.is_empty() && !super::callback_polling::is_valid_callback(&v) => {
+                    return bad_request("invalid JSON-P callback");
+                }
+                _ => {}
+            }
+        }
+        match message {
+            Some(m) if !m.is_empty() => bytes::Bytes::from(m),
             _ => return bad_request("received request with no message"),
         }
     };
