@@ -307,6 +307,11 @@ impl Server {
         }
     }
 
+    /// A token cancelled when the client is destroyed, if it has a session on this node.
+    pub fn client_closed_token(&self, client_id: &str) -> Option<CancellationToken> {
+        self.inner.sessions.get(client_id).map(|s| s.closed.clone())
+    }
+
     /// The socket `socket_id` closed or moved on to another client: stop delivering to it.
     pub fn detach_socket(&self, client_id: &str, socket_id: u64) {
         if let Some(session) = self.inner.sessions.get(client_id) {

@@ -2,8 +2,8 @@
 //! deliveries leave through one writer, several messages per frame.
 
 use super::{Body, Shared, bad_request, full};
-use crate::protocol::codec::{self, CodecError};
-use crate::protocol::{BayeuxError, Message};
+use crate::protocol::Message;
+use crate::protocol::codec;
 use crate::server::{OutFrame, RequestContext, SocketHandle};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -19,6 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
 
 /// Frames waiting for one socket's writer; a full queue makes the delivery pump wait.
 const WRITE_QUEUE: usize = 16;
@@ -86,10 +87,16 @@ where
     let socket = SocketHandle { id: next_socket_id(), tx };
     let writer = tokio::spawn(write_loop(shared.clone(), sink, rx, close_rx));
     let mut bound: Option<String> = None;
+    let mut bound_closed: Option<CancellationToken> = None;
 
     loop {
         let next = tokio::select! {
             m = stream.next() => m,
+            _ = cancelled(&bound_closed) => {
+                // The client was destroyed (disconnect, expiry, another node): Faye closes its socket.
+                let _ = close_tx.try_send(CloseFrame { code: CloseCode::Normal, reason: "client disconnected".into() });
+                break;
+            }
             _ = shared.shutdown.cancelled() => {
                 let _ = close_tx.try_send(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() });
                 break;
@@ -113,18 +120,8 @@ where
         let messages = match codec::decode(&payload, shared.settings.max_body_bytes) {
             Ok(m) => m,
             Err(e) => {
-                let code = if matches!(e, CodecError::TooLarge { .. }) { 413 } else { 400 };
-                let reply = Message {
-                    successful: Some(false),
-                    error: Some(
-                        BayeuxError::bad_request(vec![code.to_string(), e.to_string().replace(':', " ")]).to_string(),
-                    ),
-                    ..Message::default()
-                };
-                let bytes = codec::encode_array([codec::encode(&reply).as_ref()]);
-                if socket.tx.send(OutFrame { bytes, client_id: None, deliveries: Vec::new() }).await.is_err() {
-                    break;
-                }
+                // Faye answers nothing to a frame it cannot parse and keeps the socket open.
+                tracing::debug!(error = %e, "ignoring a websocket frame that is not a Bayeux batch");
                 continue;
             }
         };
@@ -134,9 +131,17 @@ where
             {
                 shared.server.detach_socket(old, socket.id);
             }
+            if bound.as_deref() != Some(cid.as_str()) {
+                bound_closed = None;
+            }
             bound = Some(cid);
         }
         let batch = shared.server.process(messages, &ctx, Some(&socket)).await;
+        if bound_closed.is_none()
+            && let Some(cid) = &bound
+        {
+            bound_closed = shared.server.client_closed_token(cid);
+        }
         if batch.is_waiting() {
             let server = shared.server.clone();
             let tx = socket.tx.clone();
@@ -170,8 +175,24 @@ async fn write_loop<K>(
     let mut ping = ping_every.map(|p| tokio::time::interval_at(tokio::time::Instant::now() + p, p));
     loop {
         let frame = tokio::select! {
-            f = rx.recv() => match f { Some(f) => f, None => break },
+            biased;
+            f = rx.recv() => match f {
+                Some(f) => f,
+                None => {
+                    if let Ok(close) = close_rx.try_recv() {
+                        let _ = sink.send(WsMessage::Close(Some(close))).await;
+                    }
+                    break;
+                }
+            },
             Some(close) = close_rx.recv() => {
+                // Whatever was queued before the close (e.g. a disconnect reply) goes first.
+                while let Ok(frame) = rx.try_recv() {
+                    if write_frame(&mut sink, &frame).await.is_err() {
+                        give_back(&shared, frame).await;
+                        break;
+                    }
+                }
                 let _ = sink.send(WsMessage::Close(Some(close))).await;
                 break;
             }
@@ -182,11 +203,7 @@ async fn write_loop<K>(
                 continue;
             }
         };
-        let text = match Utf8Bytes::try_from(frame.bytes.clone()) {
-            Ok(t) => t,
-            Err(_) => Utf8Bytes::from(String::from_utf8_lossy(&frame.bytes).into_owned()),
-        };
-        if sink.send(WsMessage::Text(text)).await.is_err() {
+        if write_frame(&mut sink, &frame).await.is_err() {
             give_back(&shared, frame).await;
             break;
         }
@@ -197,6 +214,25 @@ async fn write_loop<K>(
         give_back(&shared, frame).await;
     }
     let _ = sink.close().await;
+}
+
+async fn write_frame<K>(sink: &mut K, frame: &OutFrame) -> Result<(), tungstenite::Error>
+where
+    K: futures_util::Sink<WsMessage, Error = tungstenite::Error> + Unpin,
+{
+    let text = match Utf8Bytes::try_from(frame.bytes.clone()) {
+        Ok(t) => t,
+        Err(_) => Utf8Bytes::from(String::from_utf8_lossy(&frame.bytes).into_owned()),
+    };
+    sink.send(WsMessage::Text(text)).await
+}
+
+/// Resolves when the token (if any) is cancelled; never without one.
+async fn cancelled(token: &Option<CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn give_back(shared: &Shared, frame: OutFrame) {
