@@ -1,0 +1,240 @@
+//! Helpers shared by the `spec_*` integration tests: [`TestNode`] (a node of ours on
+//! 127.0.0.1:0, each test its own), raw HTTP ([`http`]), Bayeux over HTTP ([`bayeux`]),
+//! websockets ([`ws`]) and EventSource streams ([`eventsource`]). Every wait is bounded.
+//!
+//! With `ACTIONCLUSTER_SPEC_REFERENCE=1` the same tests run against node.js Faye 1.4 instead
+//! (tests/common/faye_reference.js, needing `node` and compat-tests/node_modules): that is how
+//! the expectations were checked against the reference. Tests of settings Faye lacks skip
+//! themselves there ([`skip_on_reference`]).
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod bayeux;
+pub mod eventsource;
+pub mod http;
+pub mod ws;
+
+use actioncluster::{Config, Extension, Node, ServerEvent};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::broadcast;
+
+/// Upper bound on any single wait.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The connect hold time most tests use.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// True when the tests run against node.js Faye rather than our node.
+pub fn reference_mode() -> bool {
+    std::env::var("ACTIONCLUSTER_SPEC_REFERENCE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// For tests of our own settings (no counterpart in Faye): true (skip) in reference mode.
+pub fn skip_on_reference(why: &str) -> bool {
+    if reference_mode() {
+        eprintln!("skipped against the Faye reference: {why}");
+        return true;
+    }
+    false
+}
+
+enum Kind {
+    Ours(Node),
+    Reference { _child: tokio::process::Child },
+}
+
+/// A running Bayeux endpoint at `http://addr/faye`.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub timeout: Duration,
+    kind: Kind,
+    events: broadcast::Sender<ServerEvent>,
+}
+
+impl TestNode {
+    /// A node with the default test timeout (2 s).
+    pub async fn start() -> Self {
+        Self::with_timeout(DEFAULT_TIMEOUT).await
+    }
+
+    /// A node whose connects are held `timeout`.
+    pub async fn with_timeout(timeout: Duration) -> Self {
+        Self::with_config(|c| c.timeout = timeout).await
+    }
+
+    /// A node from the test config (127.0.0.1:0, 2 s timeout) changed by `f`.
+    pub async fn with_config(f: impl FnOnce(&mut Config)) -> Self {
+        Self::build(f, None::<NoExtension>).await
+    }
+
+    /// A node with one server extension.
+    pub async fn with_extension(ext: impl Extension, f: impl FnOnce(&mut Config)) -> Self {
+        Self::build(f, Some(ext)).await
+    }
+
+    async fn build<E: Extension>(f: impl FnOnce(&mut Config), ext: Option<E>) -> Self {
+        let mut config = Config { host: "127.0.0.1".into(), port: 0, timeout: DEFAULT_TIMEOUT, ..Config::default() };
+        f(&mut config);
+        if reference_mode() {
+            return Self::start_reference(&config).await;
+        }
+        let timeout = config.timeout;
+        let mut builder = Node::builder(config);
+        if let Some(ext) = ext {
+            builder = builder.extension(ext);
+        }
+        let node = builder.start().await.expect("node starts");
+        let addr = node.local_addr();
+        // Forward the node's events into our own channel so that `events()` behaves the same
+        // in both modes.
+        let (tx, _) = broadcast::channel(4096);
+        let mut rx = node.events();
+        let fwd = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        let _ = fwd.send(ev);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        Self { addr, timeout, kind: Kind::Ours(node), events: tx }
+    }
+
+    async fn start_reference(config: &Config) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/faye_reference.js");
+        let mut cmd = tokio::process::Command::new("node");
+        cmd.arg(script).env("FAYE_TIMEOUT", config.timeout.as_secs_f64().to_string());
+        if let Some(ping) = config.ping {
+            cmd.env("FAYE_PING", ping.as_secs_f64().to_string());
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+        let mut child = cmd.spawn().expect("node runs (reference mode)");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let port: u16 = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(p) = line.strip_prefix("LISTENING ") {
+                    return p.trim().parse().expect("port");
+                }
+            }
+            panic!("reference server exited before listening");
+        })
+        .await
+        .expect("reference server listening in time");
+        let (tx, _) = broadcast::channel(4096);
+        let fwd = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Some(rest) = line.strip_prefix("EVENT ") else { continue };
+                let v: Value = serde_json::from_str(rest).expect("event JSON");
+                let s = |i: usize| v[i].as_str().unwrap_or_default().to_string();
+                let ev = match v[0].as_str() {
+                    Some("handshake") => ServerEvent::Handshake { client_id: s(1) },
+                    Some("subscribe") => ServerEvent::Subscribe { client_id: s(1), channel: s(2) },
+                    Some("unsubscribe") => ServerEvent::Unsubscribe { client_id: s(1), channel: s(2) },
+                    Some("publish") => ServerEvent::Publish {
+                        client_id: v[1].as_str().map(str::to_string),
+                        channel: s(2),
+                        data: v[3].clone(),
+                    },
+                    Some("disconnect") => ServerEvent::Disconnect { client_id: s(1) },
+                    _ => continue,
+                };
+                let _ = fwd.send(ev);
+            }
+        });
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            timeout: config.timeout,
+            kind: Kind::Reference { _child: child },
+            events: tx,
+        }
+    }
+
+    /// The node's server events from now on.
+    pub fn events(&self) -> broadcast::Receiver<ServerEvent> {
+        self.events.subscribe()
+    }
+
+    /// Publishes in-process (Node::publish).
+    pub async fn publish(&self, channel: &str, data: Value) {
+        match &self.kind {
+            Kind::Ours(node) => tokio::time::timeout(WAIT, node.publish(channel, data))
+                .await
+                .expect("in-process publish in time")
+                .expect("in-process publish"),
+            Kind::Reference { .. } => {
+                let body = json!({"channel": channel, "data": data}).to_string();
+                let reply = http::request(self.addr, "POST", "/__publish", &[], body).await;
+                assert_eq!(reply.status, 200, "reference publish: {}", reply.text());
+            }
+        }
+    }
+
+    /// The configured hold time in milliseconds, as advice carries it.
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout.as_millis() as u64
+    }
+
+    /// Stops the node.
+    pub async fn shutdown(self) {
+        if let Kind::Ours(node) = self.kind {
+            node.shutdown().await;
+        }
+    }
+}
+
+struct NoExtension;
+impl Extension for NoExtension {}
+
+/// Waits (bounded) for the next event matching `pred`; panics with the events seen otherwise.
+pub async fn wait_event(
+    rx: &mut broadcast::Receiver<ServerEvent>,
+    bound: Duration,
+    mut pred: impl FnMut(&ServerEvent) -> bool,
+) -> ServerEvent {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(bound, async {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if pred(&ev) => return ev,
+                Ok(ev) => seen.push(ev),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => panic!("event channel closed"),
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(ev) => ev,
+        Err(_) => panic!("no matching event within {bound:?}; saw {seen:?}"),
+    }
+}
+
+/// The next event (bounded).
+pub async fn next_event(rx: &mut broadcast::Receiver<ServerEvent>) -> ServerEvent {
+    wait_event(rx, WAIT, |_| true).await
+}
+
+/// Events whose client id is `client_id`.
+pub fn event_client(ev: &ServerEvent) -> Option<&str> {
+    match ev {
+        ServerEvent::Handshake { client_id }
+        | ServerEvent::Subscribe { client_id, .. }
+        | ServerEvent::Unsubscribe { client_id, .. }
+        | ServerEvent::Disconnect { client_id } => Some(client_id),
+        ServerEvent::Publish { client_id, .. } => client_id.as_deref(),
+    }
+}
+
+/// Runs `fut` under `bound`, panicking with `what` if it takes longer.
+pub async fn within<T>(bound: Duration, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(bound, fut).await.unwrap_or_else(|_| panic!("{what}: not done within {bound:?}"))
+}
