@@ -15,6 +15,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y "${need_apt[@]}"
 fi
 
+echo "== npm ci (compat-tests: npm faye for the compat suites and the Rust client's node.js Faye tests)"
+(cd compat-tests && npm ci --no-audit --no-fund)
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
@@ -26,6 +29,5 @@ cargo test
 echo "== compat-tests (npm faye against our release binary)"
 (
   cd compat-tests
-  npm ci --no-audit --no-fund
   ACTIONCLUSTER_BIN="$PWD/../target/release/actioncluster" npm test
 )
