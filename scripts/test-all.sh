@@ -26,6 +26,8 @@ echo "== cargo build --release"
 cargo build --release
 echo "== cargo test"
 cargo test
+echo "== spec tests against the node.js Faye server (proves the expectations are Faye's)"
+ACTIONCLUSTER_SPEC_REFERENCE=1 cargo test --test 'spec_*'
 echo "== compat-tests (npm faye against our release binary)"
 (
   cd compat-tests
