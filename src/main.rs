@@ -38,6 +38,9 @@ struct Args {
     /// Redis key namespace shared with the other nodes (faye-redis layout).
     #[arg(long, env = "ACTIONCLUSTER_NAMESPACE", default_value = "faye")]
     namespace: String,
+    /// Seconds between garbage collections of expired clients in redis (faye-redis: 60).
+    #[arg(long, env = "ACTIONCLUSTER_GC_INTERVAL", default_value_t = 60.0, value_parser = positive_secs)]
+    gc_interval: f64,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `actioncluster=debug`.
     #[arg(long, env = "ACTIONCLUSTER_LOG", default_value = "info")]
     log: String,
@@ -72,6 +75,7 @@ async fn main() -> ExitCode {
         client_script: args.client_script,
         redis_url: args.redis,
         namespace: args.namespace,
+        gc_interval: Duration::from_secs_f64(args.gc_interval),
         ..Config::default()
     };
     let node = match Node::start(config).await {

@@ -5,6 +5,9 @@
 // binary and printing the same listening line, so the helpers drive both alike.
 //
 //   node test/faye-server.js [--host 127.0.0.1] [--port 0] [--timeout 45] [--mount /faye]
+//                            [--redis redis://127.0.0.1:PORT/0 --namespace faye --gc-interval 60]
+//
+// With --redis it uses the faye-redis 0.2.0 engine (the npm package pinned beside faye).
 
 process.env.NODE_ENV = process.env.NODE_ENV || 'production';
 
@@ -12,7 +15,7 @@ const http = require('node:http');
 const faye = require('faye');
 
 function parseArgs(argv) {
-  const options = { host: '127.0.0.1', port: 0, timeout: 45, mount: '/faye' };
+  const options = { host: '127.0.0.1', port: 0, timeout: 45, mount: '/faye', redis: null, namespace: '', gcInterval: 60 };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = argv[i + 1];
@@ -23,6 +26,9 @@ function parseArgs(argv) {
       case '--port': options.port = Number(value); break;
       case '--timeout': options.timeout = Number(value); break;
       case '--mount': options.mount = value; break;
+      case '--redis': options.redis = value; break;
+      case '--namespace': options.namespace = value; break;
+      case '--gc-interval': options.gcInterval = Number(value); break;
       default: throw new Error(`unknown flag ${flag}`);
     }
   }
@@ -40,7 +46,19 @@ const server = http.createServer((request, response) => {
   response.end('Not found');
 });
 
-const bayeux = new faye.NodeAdapter({ mount: options.mount, timeout: options.timeout });
+const adapterOptions = { mount: options.mount, timeout: options.timeout };
+if (options.redis) {
+  const url = new URL(options.redis);
+  adapterOptions.engine = {
+    type: require('faye-redis'),
+    host: url.hostname,
+    port: Number(url.port || 6379),
+    database: Number((url.pathname || '/0').slice(1) || 0),
+    namespace: options.namespace,
+    gc: options.gcInterval,
+  };
+}
+const bayeux = new faye.NodeAdapter(adapterOptions);
 bayeux.attach(server);
 
 server.on('error', (err) => {
