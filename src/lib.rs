@@ -14,6 +14,7 @@ pub mod node;
 pub mod protocol;
 pub mod redis_conn;
 pub mod server;
+pub mod telemetry;
 pub mod transport;
 
 pub use client::{

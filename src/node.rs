@@ -7,6 +7,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::protocol::BayeuxError;
 use crate::server::{Extension, RequestContext, Server, ServerEvent, ServerSettings};
+use crate::telemetry::Metrics;
 use crate::transport::{self, TransportSettings};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,6 +60,7 @@ impl NodeBuilder {
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let metrics = Arc::new(Metrics::default());
         let engine: Arc<dyn Engine> = match &config.redis_url {
             None => Arc::new(MemoryEngine::new(config.timeout)),
             Some(url) => Arc::new(
@@ -67,6 +69,7 @@ impl NodeBuilder {
                     namespace: config.namespace.clone(),
                     timeout: config.timeout,
                     gc_interval: config.gc_interval,
+                    metrics: metrics.clone(),
                 })
                 .await?,
             ),
@@ -76,6 +79,7 @@ impl NodeBuilder {
             ServerSettings { timeout: config.timeout, interval: config.interval },
             self.extensions,
             shutdown.clone(),
+            metrics,
         );
         engine.start(shutdown.clone());
         transport::serve(
@@ -87,6 +91,7 @@ impl NodeBuilder {
                 ping: config.ping,
                 client_script: config.client_script.clone(),
                 max_connections: config.max_connections,
+                redis_configured: config.redis_url.is_some(),
             },
             shutdown.clone(),
             tracker.clone(),

@@ -1,7 +1,9 @@
 //! Shared redis plumbing: URL handling, the command connection (fails fast instead of
 //! queueing while redis is away) and dedicated pub/sub connections.
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use crate::telemetry::Metrics;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -85,5 +87,43 @@ impl RedisEndpoint {
                 source: redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
             }),
         }
+    }
+}
+
+/// A command connection that times every round trip into the node's metrics.
+#[derive(Clone)]
+pub struct TimedConnection {
+    /// The reconnecting connection underneath.
+    pub inner: ConnectionManager,
+    /// Where the round trips are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl ConnectionLike for TimedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let r = self.inner.req_packed_command(cmd).await;
+            self.metrics.redis_round_trip(started.elapsed(), r.is_ok());
+            r
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let r = self.inner.req_packed_commands(pipeline, offset, count).await;
+            self.metrics.redis_round_trip(started.elapsed(), r.is_ok());
+            r
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
     }
 }

@@ -211,6 +211,10 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    fn queued_messages(&self) -> Option<u64> {
+        Some(self.inner.clients.iter().map(|e| e.queue.len() as u64).sum())
+    }
+
     async fn take_queued(&self, client_id: &str) -> Result<Vec<SharedEnvelope>, EngineError> {
         Ok(match self.inner.clients.get_mut(client_id) {
             Some(mut entry) => entry.queue.drain(..).collect(),

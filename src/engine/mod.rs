@@ -100,6 +100,14 @@ pub trait Engine: Send + Sync + 'static {
     async fn publish(&self, envelope: SharedEnvelope) -> Result<(), EngineError>;
     /// Removes and returns every message queued for the client, oldest first.
     async fn take_queued(&self, client_id: &str) -> Result<Vec<SharedEnvelope>, EngineError>;
+    /// Messages queued for clients in total, where that is cheap to know.
+    fn queued_messages(&self) -> Option<u64> {
+        None
+    }
+    /// Checks that the backing store answers (for `/healthz`).
+    async fn health(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
     /// Puts messages that could not be delivered back at the head of the client's queue.
     async fn requeue(&self, client_id: &str, envelopes: Vec<SharedEnvelope>) -> Result<(), EngineError>;
 }

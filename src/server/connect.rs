@@ -49,7 +49,7 @@ impl ConnectWait {
                 }
                 _ = &mut deadline => return Vec::new(),
                 _ = release.cancelled() => return Vec::new(),
-                _ = shutdown.cancelled() => return Vec::new(),
+                _ = shutdown.cancelled() => return Vec::new(), // see Server::finish: advice to go elsewhere
             }
         }
     }

@@ -27,6 +27,7 @@ impl Server {
         }
         let client_id = self.inner.engine.create_client().await?;
         tracing::debug!(client_id = %client_id, "handshake");
+        self.inner.metrics.handshake();
         self.inner.sessions.emit(|| ServerEvent::Handshake { client_id: client_id.clone() });
         reply.client_id = Some(client_id);
         Ok(reply)

@@ -11,6 +11,7 @@ mod subscribe;
 
 use crate::engine::{Engine, EngineError, SharedEnvelope};
 use crate::protocol::{BayeuxError, Message, advice, channel, codec};
+use crate::telemetry::Metrics;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -20,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 pub use extension::{Extension, RequestContext};
 pub(crate) use session::Sessions;
 pub use session::{OutFrame, SocketHandle};
+
+/// Clients released by a shutdown are advised to reconnect within this many milliseconds.
+const SHUTDOWN_RECONNECT_SPREAD_MS: u64 = 2000;
 
 /// Something that happened on this node, for the application to observe.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +81,7 @@ struct Inner {
     advice_retry: Box<RawValue>,
     advice_retry_eventsource: Box<RawValue>,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 /// The Bayeux server: cheap to clone, shared by every transport.
@@ -111,8 +116,9 @@ impl Server {
         settings: ServerSettings,
         extensions: Vec<Arc<dyn Extension>>,
         shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        let sessions = Arc::new(Sessions::new());
+        let sessions = Arc::new(Sessions::new(metrics.clone()));
         engine.attach(sessions.clone());
         let timeout_ms = settings.timeout.as_millis() as u64;
         let interval_ms = settings.interval.as_millis() as u64;
@@ -127,6 +133,7 @@ impl Server {
                 advice_retry_eventsource: advice::retry(timeout_ms, 0),
                 settings,
                 shutdown,
+                metrics,
             }),
         }
     }
@@ -139,6 +146,21 @@ impl Server {
     /// The engine behind this server.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.inner.engine
+    }
+
+    /// This node's counters and gauges.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Renders `/metrics` (Prometheus text format).
+    pub fn render_metrics(&self, redis_configured: bool) -> String {
+        self.inner.metrics.render(self.session_count(), self.inner.engine.queued_messages(), redis_configured)
+    }
+
+    /// Checks that the engine's backing store answers (for `/healthz`).
+    pub async fn health(&self) -> Result<(), EngineError> {
+        self.inner.engine.health().await
     }
 
     /// Number of clients with a session on this node.
@@ -191,6 +213,15 @@ impl Server {
                 Item::Connect(reply, wait) => {
                     let client_id = wait.client_id();
                     let delivered = wait.wait(self).await;
+                    let mut reply = reply;
+                    if self.inner.shutdown.is_cancelled() {
+                        // Released by shutdown: reconnect (through the load balancer, to
+                        // another node) after a random pause, so the clients of a stopping
+                        // node do not all arrive at once.
+                        let pause = rand::random_range(0..=SHUTDOWN_RECONNECT_SPREAD_MS);
+                        let timeout_ms = self.inner.settings.timeout.as_millis() as u64;
+                        reply.advice = Some(advice::retry(pause, timeout_ms));
+                    }
                     parts.push(self.encode_reply(reply));
                     self.encode_deliveries_into(&delivered, &client_id, &mut parts);
                 }
@@ -253,6 +284,9 @@ impl Server {
 
     fn encode_reply(&self, mut reply: Message) -> Bytes {
         reply.successful = Some(reply.error.is_none());
+        if let Some(error) = &reply.error {
+            self.inner.metrics.error(error);
+        }
         for ext in &self.inner.extensions {
             ext.outgoing(&mut reply, None);
         }
@@ -262,6 +296,7 @@ impl Server {
     /// Appends the encoded deliveries for `client_id`: the shared bytes, or re-encoded
     /// copies when an extension rewrites outgoing messages.
     fn encode_deliveries_into(&self, delivered: &[SharedEnvelope], client_id: &str, out: &mut Vec<Bytes>) {
+        self.inner.metrics.delivered(delivered.len());
         if self.inner.rewrites_outgoing {
             for env in delivered {
                 let mut message = env.message.clone();
@@ -282,6 +317,7 @@ impl Server {
             self.encode_deliveries_into(delivered, client_id, &mut parts);
             codec::encode_array(parts.iter().map(|b| b.as_ref()))
         } else {
+            self.inner.metrics.delivered(delivered.len());
             codec::encode_array(delivered.iter().map(|e| e.encoded.as_ref()))
         }
     }

@@ -16,6 +16,7 @@ impl Server {
         }
         if reply.error.is_none() {
             self.inner.engine.publish(Envelope::new(&message)).await.map_err(|e| (reply.clone(), e))?;
+            self.inner.metrics.published();
             self.inner.sessions.emit(|| ServerEvent::Publish {
                 client_id: message.client_id.clone(),
                 channel: name.to_string(),

@@ -99,12 +99,13 @@ impl Session {
 /// Every session on this node; the engine's observer.
 pub(crate) struct Sessions {
     map: DashMap<Arc<str>, Arc<Session>>,
+    metrics: Arc<crate::telemetry::Metrics>,
     pub(crate) events: broadcast::Sender<ServerEvent>,
 }
 
 impl Sessions {
-    pub(crate) fn new() -> Self {
-        Self { map: DashMap::new(), events: broadcast::channel(4096).0 }
+    pub(crate) fn new(metrics: Arc<crate::telemetry::Metrics>) -> Self {
+        Self { map: DashMap::new(), metrics, events: broadcast::channel(4096).0 }
     }
 
     pub(crate) fn get(&self, client_id: &str) -> Option<Arc<Session>> {
@@ -166,10 +167,12 @@ impl EngineObserver for Sessions {
     }
 
     fn subscribed(&self, client_id: &str, channel: &str) {
+        self.metrics.subscriptions(1);
         self.emit(|| ServerEvent::Subscribe { client_id: client_id.to_string(), channel: channel.to_string() });
     }
 
     fn unsubscribed(&self, client_id: &str, channel: &str) {
+        self.metrics.subscriptions(-1);
         self.emit(|| ServerEvent::Unsubscribe { client_id: client_id.to_string(), channel: channel.to_string() });
     }
 }

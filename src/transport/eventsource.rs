@@ -39,6 +39,7 @@ pub(crate) async fn open(shared: Arc<Shared>, req: Request<Incoming>, _remote: S
         return bad_request("EventSource for an unknown client");
     }
     tracing::debug!(client_id = %client_id, "eventsource opened");
+    shared.server.metrics().connection_opened(crate::telemetry::Transport::EventSource);
     let ping = shared.settings.ping.unwrap_or(DEFAULT_PING);
     let body = EventStream {
         preamble: Some(Bytes::from(format!("retry: {RETRY_MS}\r\n\r\n"))),
@@ -101,6 +102,7 @@ impl hyper::body::Body for EventStream {
 
 impl Drop for EventStream {
     fn drop(&mut self) {
+        self.server.metrics().connection_closed(crate::telemetry::Transport::EventSource);
         self.server.detach_socket(&self.client_id, self.socket_id);
         // Frames accepted for this stream but never written go back to the client's queue.
         self.rx.close();

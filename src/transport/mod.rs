@@ -7,6 +7,7 @@ pub mod long_polling;
 pub mod websocket;
 
 use crate::server::Server;
+use crate::telemetry::Transport;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -39,6 +40,8 @@ pub struct TransportSettings {
     pub client_script: Option<PathBuf>,
     /// Most connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// True when the node runs on redis (adds redis metrics, and `/healthz` pings it).
+    pub redis_configured: bool,
 }
 
 /// What every connection task shares.
@@ -133,7 +136,11 @@ async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, re
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_string();
     if !shared.is_bayeux_path(&path) {
-        return text(StatusCode::NOT_FOUND, "Not found");
+        return match (req.method(), path.as_str()) {
+            (&Method::GET, "/metrics") => metrics(&shared),
+            (&Method::GET, "/healthz") => healthz(&shared).await,
+            _ => text(StatusCode::NOT_FOUND, "Not found"),
+        };
     }
     if shared.is_script_path(&path) {
         return client_script(&shared).await;
@@ -150,8 +157,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: SocketAddr)
         return eventsource::open(shared, req, remote).await;
     }
     match *req.method() {
-        Method::GET => callback_polling::handle(shared, req, remote).await,
-        Method::POST => long_polling::handle(shared, req, remote).await,
+        Method::GET => {
+            let _in_flight = shared.server.metrics().connection(Transport::CallbackPolling);
+            callback_polling::handle(shared.clone(), req, remote).await
+        }
+        Method::POST => {
+            let _in_flight = shared.server.metrics().connection(Transport::LongPolling);
+            long_polling::handle(shared.clone(), req, remote).await
+        }
         _ => bad_request("unrecognized request type"),
     }
 }
@@ -170,6 +183,29 @@ async fn client_script(shared: &Shared) -> Response<Body> {
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot read the client script");
             text(StatusCode::NOT_FOUND, "Not found")
+        }
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+fn metrics(shared: &Shared) -> Response<Body> {
+    let body = shared.server.render_metrics(shared.settings.redis_configured);
+    let mut resp = Response::new(full(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    resp
+}
+
+/// `GET /healthz`: 200 while the node serves (and reaches redis when configured), 503 otherwise.
+async fn healthz(shared: &Shared) -> Response<Body> {
+    if shared.shutdown.is_cancelled() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    match shared.server.health().await {
+        Ok(()) => text(StatusCode::OK, "ok"),
+        Err(e) => {
+            tracing::debug!(error = %e, "health check failed");
+            text(StatusCode::SERVICE_UNAVAILABLE, "redis unreachable")
         }
     }
 }

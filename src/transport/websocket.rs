@@ -81,6 +81,8 @@ async fn run<S>(shared: Arc<Shared>, ws: WebSocketStream<S>, ctx: RequestContext
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let metrics = shared.server.metrics().clone();
+    let _open = metrics.connection(crate::telemetry::Transport::WebSocket);
     let (sink, mut stream) = ws.split();
     let (tx, rx) = mpsc::channel::<OutFrame>(WRITE_QUEUE);
     let (close_tx, close_rx) = mpsc::channel::<CloseFrame>(1);

@@ -43,6 +43,7 @@ pub(super) async fn run(inner: Weak<Inner>, shutdown: CancellationToken) {
                     if let Some(engine) = inner.upgrade() {
                         engine.listener_up();
                         if lost_once {
+                            engine.metrics.redis_reconnect();
                             tracing::info!("redis pub/sub resubscribed; re-draining held clients");
                         }
                         // Messages may have been queued while nobody listened.

@@ -9,7 +9,8 @@ mod scripts;
 
 use super::{Engine, EngineError, EngineObserver, Envelope, SharedEnvelope};
 use crate::protocol::{channel, client_id};
-use crate::redis_conn::{RedisConnError, RedisEndpoint};
+use crate::redis_conn::{RedisConnError, RedisEndpoint, TimedConnection};
+use crate::telemetry::Metrics;
 use async_trait::async_trait;
 use keys::Keys;
 use redis::AsyncCommands;
@@ -31,6 +32,8 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// How often garbage collection of expired clients runs (faye-redis: 60 s).
     pub gc_interval: Duration,
+    /// Where round-trip latency and reconnects are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Lock lifetime for garbage collection, as faye-redis (120 s).
@@ -39,6 +42,7 @@ const GC_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 pub(crate) struct Inner {
     endpoint: RedisEndpoint,
     con: ConnectionManager,
+    metrics: Arc<Metrics>,
     keys: Keys,
     timeout: Duration,
     gc_interval: Duration,
@@ -94,8 +98,8 @@ impl Inner {
         }
     }
 
-    fn con(&self) -> ConnectionManager {
-        self.con.clone()
+    fn con(&self) -> TimedConnection {
+        TimedConnection { inner: self.con.clone(), metrics: self.metrics.clone() }
     }
 
     /// Cutoff below which a client's last ping means it is gone (1.6 × timeout).
@@ -168,6 +172,7 @@ impl RedisEngine {
             inner: Arc::new(Inner {
                 endpoint,
                 con,
+                metrics: settings.metrics,
                 keys: Keys::new(&settings.namespace),
                 timeout: settings.timeout,
                 gc_interval: settings.gc_interval,
@@ -289,6 +294,11 @@ impl Engine for RedisEngine {
             invocation.arg(c);
         }
         let r: redis::RedisResult<i64> = invocation.invoke_async(&mut self.inner.con()).await;
+        self.inner.check(r).map(|_| ())
+    }
+
+    async fn health(&self) -> Result<(), EngineError> {
+        let r: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut self.inner.con()).await;
         self.inner.check(r).map(|_| ())
     }
 

@@ -1,0 +1,265 @@
+//! Metric names and the Prometheus `/metrics` rendering. Counters are plain atomics owned by
+//! each node (several nodes can run in one process, e.g. in tests), updated on the hot path
+//! with relaxed ordering and rendered on scrape. Imports nothing internal.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The Bayeux error codes counted separately; anything else counts as `other`.
+const ERROR_CODES: [u16; 12] = [300, 301, 302, 400, 401, 402, 403, 404, 405, 406, 407, 500];
+
+/// Upper bounds (seconds) of the redis round-trip latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 10] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0];
+
+/// Persistent connections and in-flight requests, by Faye connection type.
+#[derive(Debug, Clone, Copy)]
+pub enum Transport {
+    /// Open websockets.
+    WebSocket,
+    /// Open EventSource streams.
+    EventSource,
+    /// Long-polling requests in flight (held connects included).
+    LongPolling,
+    /// Callback-polling (JSONP) requests in flight.
+    CallbackPolling,
+}
+
+impl Transport {
+    const ALL: [Transport; 4] =
+        [Transport::WebSocket, Transport::EventSource, Transport::LongPolling, Transport::CallbackPolling];
+
+    fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::EventSource => "eventsource",
+            Transport::LongPolling => "long-polling",
+            Transport::CallbackPolling => "callback-polling",
+        }
+    }
+}
+
+/// Every counter and gauge of one node.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections: [AtomicI64; 4],
+    handshakes: AtomicU64,
+    published: AtomicU64,
+    delivered: AtomicU64,
+    subscriptions: AtomicI64,
+    errors: [AtomicU64; ERROR_CODES.len() + 1],
+    slow_consumers: AtomicU64,
+    redis_commands: AtomicU64,
+    redis_failures: AtomicU64,
+    redis_latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    redis_latency_micros: AtomicU64,
+    redis_reconnects: AtomicU64,
+}
+
+/// Decrements a connection gauge when dropped: hold it for the connection's lifetime.
+#[derive(Debug)]
+pub struct ConnectionGuard<'a> {
+    gauge: &'a AtomicI64,
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// Counts a connection (or request) of `transport` until the guard drops.
+    pub fn connection(&self, transport: Transport) -> ConnectionGuard<'_> {
+        let gauge = &self.connections[transport as usize];
+        gauge.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard { gauge }
+    }
+
+    /// Increments the connection gauge without a guard (pair with [`Metrics::connection_closed`]).
+    pub fn connection_opened(&self, transport: Transport) {
+        self.connections[transport as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Decrements the connection gauge.
+    pub fn connection_closed(&self, transport: Transport) {
+        self.connections[transport as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A successful handshake.
+    pub fn handshake(&self) {
+        self.handshakes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message accepted for publishing.
+    pub fn published(&self) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` messages written out to clients.
+    pub fn delivered(&self, n: usize) {
+        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A subscription added (`+1`) or removed (`-1`) through this node.
+    pub fn subscriptions(&self, delta: i64) {
+        self.subscriptions.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// A reply carrying an error in `code:params:message` form.
+    pub fn error(&self, error_text: &str) {
+        let code = error_text.split(':').next().and_then(|c| c.parse::<u16>().ok());
+        let slot = code.and_then(|c| ERROR_CODES.iter().position(|&k| k == c)).unwrap_or(ERROR_CODES.len());
+        self.errors[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client disconnected for falling too far behind.
+    pub fn slow_consumer(&self) {
+        self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One redis round trip and how long it took.
+    pub fn redis_round_trip(&self, elapsed: Duration, ok: bool) {
+        self.redis_commands.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.redis_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let secs = elapsed.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.redis_latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.redis_latency_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The redis pub/sub listener reconnected.
+    pub fn redis_reconnect(&self) {
+        self.redis_reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages accepted for publishing so far.
+    pub fn published_total(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// Renders the Prometheus text exposition format. `clients` and `queued` are gauges the
+    /// caller reads at scrape time (`queued` is `None` where counting it would be costly).
+    pub fn render(&self, clients: usize, queued: Option<u64>, redis_configured: bool) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP actioncluster_connections Open websockets/EventSource streams and in-flight polling requests."
+        );
+        let _ = writeln!(out, "# TYPE actioncluster_connections gauge");
+        for t in Transport::ALL {
+            let v = self.connections[t as usize].load(Ordering::Relaxed).max(0);
+            let _ = writeln!(out, "actioncluster_connections{{transport=\"{}\"}} {v}", t.label());
+        }
+        gauge(&mut out, "actioncluster_clients", "Clients with a session on this node.", clients as f64);
+        let subs = self.subscriptions.load(Ordering::Relaxed).max(0);
+        gauge(
+            &mut out,
+            "actioncluster_subscriptions",
+            "Subscriptions made through this node and still active.",
+            subs as f64,
+        );
+        if let Some(q) = queued {
+            gauge(
+                &mut out,
+                "actioncluster_queued_messages",
+                "Messages queued for clients, not yet delivered.",
+                q as f64,
+            );
+        }
+        counter(&mut out, "actioncluster_handshakes_total", "Successful handshakes.", load(&self.handshakes));
+        counter(
+            &mut out,
+            "actioncluster_messages_published_total",
+            "Messages accepted for publishing.",
+            load(&self.published),
+        );
+        counter(
+            &mut out,
+            "actioncluster_messages_delivered_total",
+            "Messages written out to clients.",
+            load(&self.delivered),
+        );
+        counter(
+            &mut out,
+            "actioncluster_slow_consumers_total",
+            "Clients disconnected for falling too far behind.",
+            load(&self.slow_consumers),
+        );
+        let _ = writeln!(out, "# HELP actioncluster_errors_total Replies carrying a Bayeux error, by code.");
+        let _ = writeln!(out, "# TYPE actioncluster_errors_total counter");
+        for (i, code) in ERROR_CODES.iter().enumerate() {
+            let _ = writeln!(out, "actioncluster_errors_total{{code=\"{code}\"}} {}", load(&self.errors[i]));
+        }
+        let _ = writeln!(out, "actioncluster_errors_total{{code=\"other\"}} {}", load(&self.errors[ERROR_CODES.len()]));
+        if redis_configured {
+            counter(&mut out, "actioncluster_redis_commands_total", "Redis round trips.", load(&self.redis_commands));
+            counter(
+                &mut out,
+                "actioncluster_redis_failures_total",
+                "Redis round trips that failed.",
+                load(&self.redis_failures),
+            );
+            counter(
+                &mut out,
+                "actioncluster_redis_reconnects_total",
+                "Reconnections of the redis pub/sub listener.",
+                load(&self.redis_reconnects),
+            );
+            let _ = writeln!(out, "# HELP actioncluster_redis_round_trip_seconds Redis round-trip latency.");
+            let _ = writeln!(out, "# TYPE actioncluster_redis_round_trip_seconds histogram");
+            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "actioncluster_redis_round_trip_seconds_bucket{{le=\"{bound}\"}} {}",
+                    load(&self.redis_latency_buckets[i])
+                );
+            }
+            let count = load(&self.redis_commands);
+            let _ = writeln!(out, "actioncluster_redis_round_trip_seconds_bucket{{le=\"+Inf\"}} {count}");
+            let sum = load(&self.redis_latency_micros) as f64 / 1e6;
+            let _ = writeln!(out, "actioncluster_redis_round_trip_seconds_sum {sum}");
+            let _ = writeln!(out, "actioncluster_redis_round_trip_seconds_count {count}");
+        }
+        out
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_gauges() {
+        let m = Metrics::default();
+        m.published();
+        m.delivered(3);
+        m.error("403:/meta/x:Forbidden channel");
+        m.error("garbage");
+        let _ws = m.connection(Transport::WebSocket);
+        let text = m.render(2, Some(5), false);
+        assert!(text.contains("actioncluster_messages_published_total 1\n"));
+        assert!(text.contains("actioncluster_messages_delivered_total 3\n"));
+        assert!(text.contains("actioncluster_errors_total{code=\"403\"} 1\n"));
+        assert!(text.contains("actioncluster_errors_total{code=\"other\"} 1\n"));
+        assert!(text.contains("actioncluster_connections{transport=\"websocket\"} 1\n"));
+        assert!(text.contains("actioncluster_clients 2\n"));
+        assert!(!text.contains("redis"));
+        drop(_ws);
+        assert!(m.render(0, None, true).contains("actioncluster_connections{transport=\"websocket\"} 0\n"));
+    }
+}
