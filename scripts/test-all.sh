@@ -9,6 +9,7 @@ need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   apt-get update
@@ -20,12 +21,14 @@ echo "== npm ci (compat-tests: npm faye for the compat suites and the Rust clien
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy -D warnings"
-cargo clippy --all-targets -- -D warnings
+echo "== cargo clippy -D warnings (with the tls feature, so its code is linted too)"
+cargo clippy --all-targets --features tls -- -D warnings
 echo "== cargo build --release"
 cargo build --release
 echo "== cargo test"
 cargo test
+echo "== TLS (HTTPS/WSS) with --features tls"
+cargo test --features tls --test tls
 echo "== spec tests against the node.js Faye server (proves the expectations are Faye's)"
 ACTIONCLUSTER_SPEC_REFERENCE=1 cargo test --test 'spec_*'
 echo "== compat-tests (npm faye against our release binary)"

@@ -31,6 +31,10 @@ pub struct Config {
     pub namespace: String,
     /// How often expired clients are garbage-collected from redis.
     pub gc_interval: Duration,
+    /// PEM certificate chain for HTTPS/WSS (needs the `tls` feature).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS/WSS.
+    pub tls_key: Option<PathBuf>,
     /// Upper bound on how long shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
 }
@@ -50,6 +54,8 @@ impl Default for Config {
             redis_url: None,
             namespace: "faye".to_string(),
             gc_interval: Duration::from_secs(60),
+            tls_cert: None,
+            tls_key: None,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -67,6 +73,12 @@ pub enum ConfigError {
     /// The ping interval must be positive.
     #[error("ping must be greater than zero")]
     PingZero,
+    /// TLS needs both a certificate and a key.
+    #[error("--tls-cert and --tls-key go together")]
+    TlsIncomplete,
+    /// TLS was asked for but this build has no TLS support.
+    #[error("this build has no TLS support: rebuild with `--features tls`")]
+    TlsUnsupported,
     /// Garbage collection needs a positive interval.
     #[error("gc interval must be greater than zero")]
     GcIntervalZero,
@@ -86,6 +98,12 @@ impl Config {
         }
         if self.ping.is_some_and(|p| p.is_zero()) {
             return Err(ConfigError::PingZero);
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::TlsIncomplete);
+        }
+        if self.tls_cert.is_some() && !cfg!(feature = "tls") {
+            return Err(ConfigError::TlsUnsupported);
         }
         if self.gc_interval.is_zero() {
             return Err(ConfigError::GcIntervalZero);

@@ -41,6 +41,12 @@ struct Args {
     /// Seconds between garbage collections of expired clients in redis (faye-redis: 60).
     #[arg(long, env = "ACTIONCLUSTER_GC_INTERVAL", default_value_t = 60.0, value_parser = positive_secs)]
     gc_interval: f64,
+    /// PEM certificate chain: serve HTTPS/WSS (build with `--features tls`).
+    #[arg(long, env = "ACTIONCLUSTER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "ACTIONCLUSTER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `actioncluster=debug`.
     #[arg(long, env = "ACTIONCLUSTER_LOG", default_value = "info")]
     log: String,
@@ -74,6 +80,8 @@ async fn main() -> ExitCode {
         max_body_bytes: args.max_body,
         client_script: args.client_script,
         redis_url: args.redis,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
         namespace: args.namespace,
         gc_interval: Duration::from_secs_f64(args.gc_interval),
         ..Config::default()

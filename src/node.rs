@@ -22,6 +22,10 @@ pub enum NodeError {
     /// A setting is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The TLS certificate or key could not be used.
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] crate::transport::tls::TlsError),
     /// Redis could not be used.
     #[error(transparent)]
     Redis(#[from] crate::redis_conn::RedisConnError),
@@ -53,6 +57,11 @@ impl NodeBuilder {
     pub async fn start(self) -> Result<Node, NodeError> {
         let config = self.config;
         config.validate()?;
+        #[cfg(feature = "tls")]
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::transport::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let addr = format!("{}:{}", config.host, config.port);
         let listener =
             TcpListener::bind(&addr).await.map_err(|source| NodeError::Bind { addr: addr.clone(), source })?;
@@ -92,6 +101,8 @@ impl NodeBuilder {
                 client_script: config.client_script.clone(),
                 max_connections: config.max_connections,
                 redis_configured: config.redis_url.is_some(),
+                #[cfg(feature = "tls")]
+                tls,
             },
             shutdown.clone(),
             tracker.clone(),
@@ -129,7 +140,8 @@ impl Node {
 
     /// The endpoint URL clients use, e.g. `http://127.0.0.1:8000/faye`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}{}", self.local_addr, self.config.mount)
+        let scheme = if self.config.tls_cert.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.local_addr, self.config.mount)
     }
 
     /// The node's server events (handshake, subscribe, unsubscribe, publish, disconnect).

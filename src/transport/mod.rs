@@ -4,6 +4,8 @@
 pub mod callback_polling;
 pub mod eventsource;
 pub mod long_polling;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod websocket;
 
 use crate::server::Server;
@@ -28,7 +30,7 @@ use tokio_util::task::TaskTracker;
 pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Settings of the HTTP/websocket layer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TransportSettings {
     /// The mount path, e.g. `/faye`.
     pub mount: String,
@@ -42,6 +44,9 @@ pub struct TransportSettings {
     pub max_connections: usize,
     /// True when the node runs on redis (adds redis metrics, and `/healthz` pings it).
     pub redis_configured: bool,
+    /// Serve HTTPS/WSS with this acceptor.
+    #[cfg(feature = "tls")]
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// What every connection task shares.
@@ -101,14 +106,27 @@ pub fn serve(
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
             shared.tracker.clone().spawn(async move {
-                serve_connection(shared, stream, remote).await;
+                #[cfg(feature = "tls")]
+                if let Some(acceptor) = shared.settings.tls.clone() {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(shared, TokioIo::new(tls), remote).await,
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    }
+                    drop(permit);
+                    return;
+                }
+                serve_connection(shared, TokioIo::new(stream), remote).await;
                 drop(permit);
             });
         }
     });
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, remote: SocketAddr) {
+async fn serve_connection<I>(shared: Arc<Shared>, io: I, remote: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let svc_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = svc_shared.clone();
@@ -117,7 +135,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, re
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
