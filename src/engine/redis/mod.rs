@@ -125,6 +125,30 @@ impl Inner {
         Ok(existed)
     }
 
+    /// Adds (or removes) the client to the channel's set and the channel to the client's, in
+    /// one MULTI; true when the client's own set changed (faye-redis's event rule).
+    async fn membership(&self, client_id: &str, channel: &str, add: bool) -> Result<bool, EngineError> {
+        let (own, members) = (self.keys.client_channels(client_id), self.keys.channel(channel));
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if add {
+            pipe.sadd(own, channel).sadd(members, client_id);
+        } else {
+            pipe.srem(own, channel).srem(members, client_id);
+        }
+        let (changed, _): (i64, i64) = self.check(pipe.query_async(&mut self.con()).await)?;
+        if changed == 1
+            && let Some(o) = self.observer.get()
+        {
+            if add {
+                o.subscribed(client_id, channel);
+            } else {
+                o.unsubscribed(client_id, channel);
+            }
+        }
+        Ok(changed == 1)
+    }
+
     /// One garbage collection pass under faye-redis's lock, so node.js and Rust nodes never
     /// collect the same clients at once.
     async fn gc(&self) -> Result<usize, EngineError> {
@@ -254,37 +278,11 @@ impl Engine for RedisEngine {
     }
 
     async fn subscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
-        let (added, _): (i64, i64) = self.inner.check(
-            redis::pipe()
-                .atomic()
-                .sadd(self.inner.keys.client_channels(client_id), channel)
-                .sadd(self.inner.keys.channel(channel), client_id)
-                .query_async(&mut self.inner.con())
-                .await,
-        )?;
-        if added == 1
-            && let Some(o) = self.inner.observer.get()
-        {
-            o.subscribed(client_id, channel);
-        }
-        Ok(added == 1)
+        self.inner.membership(client_id, channel, true).await
     }
 
     async fn unsubscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
-        let (removed, _): (i64, i64) = self.inner.check(
-            redis::pipe()
-                .atomic()
-                .srem(self.inner.keys.client_channels(client_id), channel)
-                .srem(self.inner.keys.channel(channel), client_id)
-                .query_async(&mut self.inner.con())
-                .await,
-        )?;
-        if removed == 1
-            && let Some(o) = self.inner.observer.get()
-        {
-            o.unsubscribed(client_id, channel);
-        }
-        Ok(removed == 1)
+        self.inner.membership(client_id, channel, false).await
     }
 
     async fn publish(&self, envelope: SharedEnvelope) -> Result<(), EngineError> {
