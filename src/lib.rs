@@ -4,10 +4,12 @@
 //! Layers, each importing only those before it:
 //! `protocol` (pure wire model) → `engine` (clients, subscriptions, queues) → `server`
 //! (Bayeux processing, sessions, extensions) → `transport` (HTTP, websocket); `node` wires
-//! them from a [`Config`].
+//! them from a [`Config`]. Beside them, `cluster` (cache, stats, web messages shared by the
+//! nodes, in memory or in redis) imports only `protocol`, `redis_conn` and `telemetry`.
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod node;
@@ -20,6 +22,9 @@ pub mod transport;
 pub use client::{
     CallbackSubscription, Client, ClientBuilder, ClientError, ClientExtension, ConnectionState, ConnectionType,
     Delivery, InProcessServer, StateWatcher, Subscription, TransportPreference,
+};
+pub use cluster::{
+    Cache, CacheEntry, Cluster, ClusterError, ClusterSettings, MemoryClock, Numeric, Scope, Stats, WebMessages,
 };
 pub use config::{Config, ConfigError};
 pub use node::{Node, NodeBuilder, NodeError};

@@ -11,6 +11,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("server", &["transport", "client", "cluster", "node"]),
     ("transport", &["engine", "client", "cluster", "node"]),
     ("client", &["engine", "server", "transport", "cluster", "node"]),
+    // cluster -> protocol, redis_conn, telemetry (and the engine's public trait, per DESIGN.md)
+    ("cluster", &["server", "transport", "client", "node", "config"]),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
