@@ -37,6 +37,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Upper bound on how long shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
+    /// Prefix of the cluster layers' redis keys (cache, stats, web messages).
+    pub cluster_prefix: String,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             shutdown_grace: Duration::from_secs(10),
+            cluster_prefix: "actionHero:".to_string(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Wiring: builds the engine, server and transport from a [`Config`] and owns shutdown.
 
 use crate::client::{Client, ClientBuilder, InProcessServer};
+use crate::cluster::{Cluster, ClusterError, ClusterSettings};
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
@@ -29,6 +30,9 @@ pub enum NodeError {
     /// Redis could not be used.
     #[error(transparent)]
     Redis(#[from] crate::redis_conn::RedisConnError),
+    /// The cluster layers could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -83,6 +87,13 @@ impl NodeBuilder {
                 .await?,
             ),
         };
+        // Node id `host:port`; the cluster layers turn its `:` into `-` inside keys.
+        let node_id = format!("{}:{}", config.host, local_addr.port());
+        let cluster_settings = ClusterSettings { prefix: config.cluster_prefix.clone(), ..ClusterSettings::default() };
+        let cluster = match &config.redis_url {
+            None => Cluster::memory_with(node_id, cluster_settings),
+            Some(url) => Cluster::connect(url, node_id, cluster_settings, metrics.clone()).await?,
+        };
         let server = Server::new(
             engine.clone(),
             ServerSettings { timeout: config.timeout, interval: config.interval },
@@ -91,6 +102,7 @@ impl NodeBuilder {
             metrics,
         );
         engine.start(shutdown.clone());
+        cluster.start(shutdown.clone());
         transport::serve(
             listener,
             server.clone(),
@@ -109,7 +121,7 @@ impl NodeBuilder {
         );
         let engine_name = if config.redis_url.is_some() { "redis" } else { "memory" };
         tracing::info!(%local_addr, mount = %config.mount, engine = engine_name, "node started");
-        Ok(Node { config, local_addr, server, shutdown, tracker })
+        Ok(Node { config, local_addr, server, cluster, shutdown, tracker })
     }
 }
 
@@ -118,6 +130,7 @@ pub struct Node {
     config: Config,
     local_addr: SocketAddr,
     server: Server,
+    cluster: Cluster,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -163,6 +176,12 @@ impl Node {
     /// The Bayeux server of this node.
     pub fn server(&self) -> &Server {
         &self.server
+    }
+
+    /// The node's cluster layers (cache, stats, web messages): on redis when the node has a
+    /// redis URL, in memory otherwise.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 
     /// A token cancelled when the node begins to shut down.
