@@ -270,20 +270,27 @@ async fn race_save_vs_load_loses_no_update(kind: Kind) {
     let h = Harness::new(kind).await;
     let stop = Arc::new(AtomicBool::new(false));
     let loads = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(4));
     h.cluster.cache().save("k", json!(-1), None).await.unwrap();
     let mut readers = Vec::new();
     for r in 0..3 {
         let node = h.node(&format!("reader:{r}")).await;
-        let (stop, loads) = (stop.clone(), loads.clone());
+        let (stop, loads, start) = (stop.clone(), loads.clone(), start.clone());
         readers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
+            start.wait().await;
+            loop {
                 node.cache().load("k").await.unwrap();
                 loads.fetch_add(1, Ordering::Relaxed);
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                tokio::task::yield_now().await;
             }
         }));
     }
     let cache = h.cluster.cache().clone();
     tokio::time::timeout(WAIT, async {
+        start.wait().await;
         for i in 0..300 {
             cache.save("k", json!(i), None).await.unwrap();
             assert_eq!(cache.load("k").await.unwrap().value, json!(i), "update {i} lost");
@@ -297,28 +304,32 @@ async fn race_save_vs_load_loses_no_update(kind: Kind) {
         tokio::time::timeout(WAIT, r).await.unwrap().unwrap();
     }
     assert_eq!(cache.load("k").await.unwrap().value, json!(299));
-    assert!(loads.load(Ordering::Relaxed) > 0);
+    assert!(loads.load(Ordering::Relaxed) >= 3);
 }
 
 /// A writer saves and destroys while other nodes load: a destroyed key never comes back.
 async fn race_destroy_vs_load_never_resurrects(kind: Kind) {
     let h = Harness::new(kind).await;
     let stop = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(tokio::sync::Barrier::new(4));
     let mut readers = Vec::new();
     for r in 0..3 {
         let node = h.node(&format!("reader:{r}")).await;
-        let stop = stop.clone();
+        let (stop, start) = (stop.clone(), start.clone());
         readers.push(tokio::spawn(async move {
+            start.wait().await;
             while !stop.load(Ordering::Relaxed) {
                 match node.cache().load("k").await {
                     Ok(_) | Err(ClusterError::NotFound) => {}
                     Err(e) => panic!("unexpected {e}"),
                 }
+                tokio::task::yield_now().await;
             }
         }));
     }
     let cache = h.cluster.cache().clone();
     tokio::time::timeout(WAIT, async {
+        start.wait().await;
         for i in 0..300 {
             cache.save("k", json!(i), None).await.unwrap();
             assert!(cache.destroy("k").await.unwrap());
@@ -350,19 +361,23 @@ async fn race_sweeper_vs_resave(kind: Kind) {
         cache.save(&format!("k{i}"), json!("old"), Some(-1)).await.unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(tokio::sync::Barrier::new(3));
     let mut sweepers = Vec::new();
     for s in 0..2 {
         let node = h.node(&format!("sweeper:{s}")).await;
-        let stop = stop.clone();
+        let (stop, start) = (stop.clone(), start.clone());
         sweepers.push(tokio::spawn(async move {
+            start.wait().await;
             let mut removed = 0;
             while !stop.load(Ordering::Relaxed) {
                 removed += node.cache().sweep().await.unwrap().len();
+                tokio::task::yield_now().await;
             }
             removed
         }));
     }
     tokio::time::timeout(WAIT, async {
+        start.wait().await;
         for i in 0..N {
             cache.save(&format!("k{i}"), json!("fresh"), None).await.unwrap();
             tokio::task::yield_now().await;
