@@ -351,15 +351,13 @@ async fn race_destroy_vs_load_never_resurrects(kind: Kind) {
     assert_count_exact(&h.cluster).await;
 }
 
-/// Expired entries are re-saved fresh while two nodes sweep continuously: no fresh entry is
-/// ever swept.
+/// Two nodes sweep continuously while a writer saves each key expired and at once re-saves
+/// it fresh (so sweeps keep finding expired entries that are about to be replaced): no fresh
+/// entry is ever swept.
 async fn race_sweeper_vs_resave(kind: Kind) {
     let h = Harness::new(kind).await;
     let cache = h.cluster.cache().clone();
-    const N: usize = 200;
-    for i in 0..N {
-        cache.save(&format!("k{i}"), json!("old"), Some(-1)).await.unwrap();
-    }
+    const N: usize = 300;
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(tokio::sync::Barrier::new(3));
     let mut sweepers = Vec::new();
@@ -379,8 +377,10 @@ async fn race_sweeper_vs_resave(kind: Kind) {
     tokio::time::timeout(WAIT, async {
         start.wait().await;
         for i in 0..N {
-            cache.save(&format!("k{i}"), json!("fresh"), None).await.unwrap();
+            let key = format!("k{i}");
+            cache.save(&key, json!("old"), Some(-1)).await.unwrap();
             tokio::task::yield_now().await;
+            cache.save(&key, json!("fresh"), None).await.unwrap();
         }
     })
     .await
