@@ -97,7 +97,10 @@ impl Server {
             Duration::ZERO
         } else {
             match message.advice_timeout_ms() {
-                Some(ms) => Duration::from_secs_f64(ms / 1000.0).min(self.inner.settings.timeout * 4),
+                // A client-sent hold too large for a Duration (e.g. 1e300 ms) is capped, not a panic.
+                Some(ms) => Duration::try_from_secs_f64(ms / 1000.0)
+                    .unwrap_or(Duration::MAX)
+                    .min(self.inner.settings.timeout * 4),
                 None => self.inner.settings.timeout,
             }
         };
