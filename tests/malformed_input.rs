@@ -1040,7 +1040,9 @@ async fn out_of_order_and_wrong_protocol_sequences_get_bayeux_errors() {
     let data: Vec<i64> = delivered.iter().map(|m| m["data"].as_i64().unwrap()).collect();
     assert_eq!(data, (0..1000).collect::<Vec<i64>>());
 
-    // 1,000 subscriptions in one batch, then 1,000 messages in one websocket frame.
+    // 1,000 subscriptions in one batch (a fresh client: 1,000 is as many as one may hold),
+    // then 1,000 messages in one websocket frame.
+    let sub = bayeux::handshake(addr).await;
     let many: Vec<Value> = (0..1000)
         .map(|i| json!({"channel": "/meta/subscribe", "clientId": sub, "subscription": format!("/many/{i}")}))
         .collect();
