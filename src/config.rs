@@ -21,8 +21,31 @@ pub struct Config {
     pub ping: Option<Duration>,
     /// Largest request body or websocket message accepted, in bytes.
     pub max_body_bytes: usize,
-    /// Most connections served at once.
+    /// Most connections served at once; further ones wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// Most messages in one request body or websocket message (HTTP 400 / websocket close 1008 beyond).
+    pub max_batch_messages: usize,
+    /// Most subscriptions one client may hold; the subscribe past it gets a 403 error.
+    pub max_subscriptions_per_client: usize,
+    /// Handshakes per second allowed from one IP address (IPv6: one /64), token bucket;
+    /// `0` turns the limit off. Refused handshakes are advised when to try again.
+    pub handshake_rate: f64,
+    /// Handshakes one address may make at once before the rate applies.
+    pub handshake_burst: u32,
+    /// Bytes of messages that may wait for one client (memory engine) before it is
+    /// disconnected as a slow consumer; `0` leaves queues unbounded.
+    pub max_queue_bytes: usize,
+    /// Upper bound of a random `interval` added to `reconnect: "handshake"` advice (unknown
+    /// client, failed handshake), spreading the re-handshakes after a restart; zero keeps Faye's advice.
+    pub reconnect_jitter: Duration,
+    /// Keep `/service/**` publishes from subscribers of `/**` (Faye delivers them there).
+    pub forbid_wildcard_service: bool,
+    /// A client id only works from the IP address that handshook it (checked by the node that
+    /// handed it out); elsewhere it is an unknown client.
+    pub bind_client_ip: bool,
+    /// Origins (e.g. `https://app.example.com`) allowed cross-origin and websocket access;
+    /// `None` echoes any `Origin`, as Faye does.
+    pub cors_origins: Option<Vec<String>>,
     /// Browser client script to serve at `<mount>.js` and `<mount>/client.js`.
     pub client_script: Option<PathBuf>,
     /// Redis URL; `None` keeps the in-process memory engine.
@@ -52,6 +75,15 @@ impl Default for Config {
             ping: None,
             max_body_bytes: 1024 * 1024,
             max_connections: 250_000,
+            max_batch_messages: 1000,
+            max_subscriptions_per_client: 1000,
+            handshake_rate: 50.0,
+            handshake_burst: 500,
+            max_queue_bytes: 4 * 1024 * 1024,
+            reconnect_jitter: Duration::ZERO,
+            forbid_wildcard_service: false,
+            bind_client_ip: false,
+            cors_origins: None,
             client_script: None,
             redis_url: None,
             namespace: "faye".to_string(),
@@ -88,6 +120,15 @@ pub enum ConfigError {
     /// The body limit must allow at least a handshake.
     #[error("max body size must be at least 256 bytes")]
     BodyLimitTooSmall,
+    /// A count limit must allow at least one.
+    #[error("{0} must be at least 1")]
+    LimitZero(&'static str),
+    /// The handshake rate must be a finite number of handshakes per second, 0 or more.
+    #[error("handshake rate must be a finite number >= 0")]
+    HandshakeRateInvalid,
+    /// A CORS origin must be a non-empty header-safe value such as `https://example.com`.
+    #[error("invalid CORS origin {0:?}")]
+    CorsOriginInvalid(String),
 }
 
 impl Config {
@@ -114,6 +155,27 @@ impl Config {
         if self.max_body_bytes < 256 {
             return Err(ConfigError::BodyLimitTooSmall);
         }
+        if self.max_connections == 0 {
+            return Err(ConfigError::LimitZero("max connections"));
+        }
+        if self.max_batch_messages == 0 {
+            return Err(ConfigError::LimitZero("max batch messages"));
+        }
+        if self.max_subscriptions_per_client == 0 {
+            return Err(ConfigError::LimitZero("max subscriptions per client"));
+        }
+        if !(self.handshake_rate.is_finite() && self.handshake_rate >= 0.0) {
+            return Err(ConfigError::HandshakeRateInvalid);
+        }
+        if self.handshake_rate > 0.0 && self.handshake_burst == 0 {
+            return Err(ConfigError::LimitZero("handshake burst"));
+        }
+        for origin in self.cors_origins.iter().flatten() {
+            let valid = !origin.is_empty() && origin.bytes().all(|b| b.is_ascii_graphic()) && !origin.contains(',');
+            if !valid {
+                return Err(ConfigError::CorsOriginInvalid(origin.clone()));
+            }
+        }
         Ok(())
     }
 }
@@ -129,5 +191,11 @@ mod tests {
         assert_eq!(bad.validate(), Err(ConfigError::MountInvalid("faye".into())));
         let bad = Config { timeout: Duration::ZERO, ..Config::default() };
         assert_eq!(bad.validate(), Err(ConfigError::TimeoutZero));
+        let bad = Config { max_batch_messages: 0, ..Config::default() };
+        assert_eq!(bad.validate(), Err(ConfigError::LimitZero("max batch messages")));
+        let bad = Config { handshake_rate: f64::NAN, ..Config::default() };
+        assert_eq!(bad.validate(), Err(ConfigError::HandshakeRateInvalid));
+        let bad = Config { cors_origins: Some(vec!["https://a.example, https://b".into()]), ..Config::default() };
+        assert!(matches!(bad.validate(), Err(ConfigError::CorsOriginInvalid(_))));
     }
 }

@@ -28,6 +28,36 @@ struct Args {
     /// Largest request body or websocket message, in bytes.
     #[arg(long, env = "ACTIONCLUSTER_MAX_BODY", default_value_t = 1024 * 1024)]
     max_body: usize,
+    /// Most connections served at once; further ones wait in the listen backlog.
+    #[arg(long, env = "ACTIONCLUSTER_MAX_CONNECTIONS", default_value_t = 250_000)]
+    max_connections: usize,
+    /// Most messages in one request (HTTP 400 beyond) or websocket message (close 1008 beyond).
+    #[arg(long, env = "ACTIONCLUSTER_MAX_BATCH", default_value_t = 1000)]
+    max_batch: usize,
+    /// Most subscriptions per client; the subscribe past it gets a 403 error.
+    #[arg(long, env = "ACTIONCLUSTER_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
+    max_subscriptions: usize,
+    /// Handshakes per second allowed from one IP address (0: no limit).
+    #[arg(long, env = "ACTIONCLUSTER_HANDSHAKE_RATE", default_value_t = 50.0)]
+    handshake_rate: f64,
+    /// Handshakes one IP address may make in a burst.
+    #[arg(long, env = "ACTIONCLUSTER_HANDSHAKE_BURST", default_value_t = 500)]
+    handshake_burst: u32,
+    /// Bytes queued for one client before it is disconnected as a slow consumer (0: no bound).
+    #[arg(long, env = "ACTIONCLUSTER_MAX_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_queue_bytes: usize,
+    /// Seconds: advise clients told to re-handshake to wait a random pause up to this (0: Faye's advice).
+    #[arg(long, env = "ACTIONCLUSTER_RECONNECT_JITTER", default_value_t = 0.0, value_parser = non_negative_secs)]
+    reconnect_jitter: f64,
+    /// Keep /service/** publishes from subscribers of /** (Faye delivers them).
+    #[arg(long, env = "ACTIONCLUSTER_FORBID_WILDCARD_SERVICE")]
+    forbid_wildcard_service: bool,
+    /// A client id only works from the IP address that handshook it.
+    #[arg(long, env = "ACTIONCLUSTER_BIND_CLIENT_IP")]
+    bind_client_ip: bool,
+    /// Comma-separated origins allowed CORS and websocket access (default: any origin, as Faye).
+    #[arg(long, env = "ACTIONCLUSTER_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Option<Vec<String>>,
     /// Browser client script served at <mount>.js and <mount>/client.js.
     #[arg(long, env = "ACTIONCLUSTER_CLIENT_SCRIPT")]
     client_script: Option<PathBuf>,
@@ -50,6 +80,13 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `actioncluster=debug`.
     #[arg(long, env = "ACTIONCLUSTER_LOG", default_value = "info")]
     log: String,
+}
+
+fn non_negative_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0e6).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number of seconds >= 0, got {s:?}")),
+    }
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -78,6 +115,16 @@ async fn main() -> ExitCode {
         timeout: Duration::from_secs_f64(args.timeout),
         ping: args.ping.map(Duration::from_secs_f64),
         max_body_bytes: args.max_body,
+        max_connections: args.max_connections,
+        max_batch_messages: args.max_batch,
+        max_subscriptions_per_client: args.max_subscriptions,
+        handshake_rate: args.handshake_rate,
+        handshake_burst: args.handshake_burst,
+        max_queue_bytes: args.max_queue_bytes,
+        reconnect_jitter: Duration::from_secs_f64(args.reconnect_jitter),
+        forbid_wildcard_service: args.forbid_wildcard_service,
+        bind_client_ip: args.bind_client_ip,
+        cors_origins: args.cors_origins.map(|list| list.into_iter().map(|o| o.trim().to_string()).collect()),
         client_script: args.client_script,
         redis_url: args.redis,
         tls_cert: args.tls_cert,

@@ -75,7 +75,7 @@ impl NodeBuilder {
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
         let engine: Arc<dyn Engine> = match &config.redis_url {
-            None => Arc::new(MemoryEngine::new(config.timeout)),
+            None => Arc::new(MemoryEngine::with_queue_limit(config.timeout, config.max_queue_bytes)),
             Some(url) => Arc::new(
                 RedisEngine::connect(RedisSettings {
                     url: url.clone(),
@@ -83,6 +83,7 @@ impl NodeBuilder {
                     timeout: config.timeout,
                     gc_interval: config.gc_interval,
                     metrics: metrics.clone(),
+                    max_queue_bytes: config.max_queue_bytes,
                 })
                 .await?,
             ),
@@ -96,7 +97,16 @@ impl NodeBuilder {
         };
         let server = Server::new(
             engine.clone(),
-            ServerSettings { timeout: config.timeout, interval: config.interval },
+            ServerSettings {
+                timeout: config.timeout,
+                interval: config.interval,
+                max_subscriptions: config.max_subscriptions_per_client,
+                handshake_rate: config.handshake_rate,
+                handshake_burst: config.handshake_burst,
+                reconnect_jitter: config.reconnect_jitter,
+                forbid_wildcard_service: config.forbid_wildcard_service,
+                bind_client_ip: config.bind_client_ip,
+            },
             self.extensions,
             shutdown.clone(),
             metrics,
@@ -109,6 +119,8 @@ impl NodeBuilder {
             TransportSettings {
                 mount: config.mount.clone(),
                 max_body_bytes: config.max_body_bytes,
+                max_batch_messages: config.max_batch_messages,
+                cors_origins: config.cors_origins.clone(),
                 ping: config.ping,
                 client_script: config.client_script.clone(),
                 max_connections: config.max_connections,

@@ -6,8 +6,9 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The Bayeux error codes counted separately; anything else counts as `other`.
-const ERROR_CODES: [u16; 12] = [300, 301, 302, 400, 401, 402, 403, 404, 405, 406, 407, 500];
+/// The Bayeux error codes counted separately (429: handshakes refused by the rate limit);
+/// anything else counts as `other`.
+const ERROR_CODES: [u16; 13] = [300, 301, 302, 400, 401, 402, 403, 404, 405, 406, 407, 429, 500];
 
 /// Upper bounds (seconds) of the redis round-trip latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 10] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0];

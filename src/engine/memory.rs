@@ -1,8 +1,9 @@
 //! The in-process engine: one node, no redis. Clients expire when not seen for twice the
-//! connect timeout, as in Faye's memory engine.
+//! connect timeout, as in Faye's memory engine. Each client's queue is bounded in bytes: a
+//! client whose queue outgrows the bound (a slow consumer) is destroyed.
 
-use super::{Engine, EngineError, EngineObserver, SharedEnvelope};
-use crate::protocol::{channel, client_id};
+use super::{Engine, EngineError, EngineObserver, SharedEnvelope, SubscribeOutcome};
+use crate::protocol::client_id;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use std::collections::{HashSet, VecDeque};
@@ -15,6 +16,14 @@ struct ClientEntry {
     last_seen: Instant,
     subscriptions: HashSet<Arc<str>>,
     queue: VecDeque<SharedEnvelope>,
+    /// Encoded size of everything in `queue`.
+    queued_bytes: usize,
+}
+
+impl ClientEntry {
+    fn new() -> Self {
+        Self { last_seen: Instant::now(), subscriptions: HashSet::new(), queue: VecDeque::new(), queued_bytes: 0 }
+    }
 }
 
 struct Inner {
@@ -22,6 +31,8 @@ struct Inner {
     channels: DashMap<Arc<str>, HashSet<Arc<str>>>,
     observer: OnceLock<Arc<dyn EngineObserver>>,
     expire_after: Duration,
+    /// A client whose queue holds more than this many bytes is destroyed.
+    max_queue_bytes: usize,
 }
 
 /// In-process engine for a stand-alone node.
@@ -31,14 +42,21 @@ pub struct MemoryEngine {
 }
 
 impl MemoryEngine {
-    /// An engine whose clients expire after `2 × timeout` without a ping.
+    /// An engine whose clients expire after `2 × timeout` without a ping; queues are unbounded.
     pub fn new(timeout: Duration) -> Self {
+        Self::with_queue_limit(timeout, 0)
+    }
+
+    /// As [`MemoryEngine::new`], destroying any client whose queue grows past
+    /// `max_queue_bytes` (encoded size; `0` leaves queues unbounded).
+    pub fn with_queue_limit(timeout: Duration, max_queue_bytes: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 clients: DashMap::new(),
                 channels: DashMap::new(),
                 observer: OnceLock::new(),
                 expire_after: timeout * 2,
+                max_queue_bytes: if max_queue_bytes == 0 { usize::MAX } else { max_queue_bytes },
             }),
         }
     }
@@ -127,11 +145,7 @@ impl Engine for MemoryEngine {
         loop {
             let id: Arc<str> = client_id::generate().into();
             if let dashmap::Entry::Vacant(slot) = self.inner.clients.entry(id.clone()) {
-                slot.insert(ClientEntry {
-                    last_seen: Instant::now(),
-                    subscriptions: HashSet::new(),
-                    queue: VecDeque::new(),
-                });
+                slot.insert(ClientEntry::new());
                 return Ok(id.to_string());
             }
         }
@@ -153,22 +167,36 @@ impl Engine for MemoryEngine {
     }
 
     async fn subscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
+        let outcome = self.subscribe_limited(client_id, channel, usize::MAX).await?;
+        Ok(outcome == SubscribeOutcome::Added)
+    }
+
+    async fn subscribe_limited(
+        &self,
+        client_id: &str,
+        channel: &str,
+        max: usize,
+    ) -> Result<SubscribeOutcome, EngineError> {
         let (id, channel): (Arc<str>, Arc<str>) = {
             let Some(mut entry) = self.inner.clients.get_mut(client_id) else {
-                return Ok(false);
+                return Ok(SubscribeOutcome::Existing);
             };
+            if entry.subscriptions.contains(channel) {
+                return Ok(SubscribeOutcome::Existing);
+            }
+            if entry.subscriptions.len() >= max {
+                return Ok(SubscribeOutcome::LimitReached);
+            }
             let id = entry.key().clone();
             let channel: Arc<str> = channel.into();
-            if !entry.subscriptions.insert(channel.clone()) {
-                return Ok(false);
-            }
+            entry.subscriptions.insert(channel.clone());
             (id, channel)
         };
         self.inner.channels.entry(channel.clone()).or_default().insert(id.clone());
         if let Some(o) = self.inner.observer() {
             o.subscribed(&id, &channel);
         }
-        Ok(true)
+        Ok(SubscribeOutcome::Added)
     }
 
     async fn unsubscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
@@ -184,7 +212,7 @@ impl Engine for MemoryEngine {
     }
 
     async fn publish(&self, envelope: SharedEnvelope) -> Result<(), EngineError> {
-        let patterns = channel::expand(envelope.channel());
+        let patterns = envelope.patterns();
         let mut recipients: Vec<Arc<str>> = Vec::new();
         let mut seen: HashSet<Arc<str>> = HashSet::new();
         for pattern in &patterns {
@@ -196,10 +224,16 @@ impl Engine for MemoryEngine {
                 }
             }
         }
+        let size = envelope.encoded.len();
+        let mut slow: Vec<(Arc<str>, usize)> = Vec::new();
         for id in recipients {
             let queued = match self.inner.clients.get_mut(&*id) {
                 Some(mut entry) => {
                     entry.queue.push_back(envelope.clone());
+                    entry.queued_bytes = entry.queued_bytes.saturating_add(size);
+                    if entry.queued_bytes > self.inner.max_queue_bytes {
+                        slow.push((id.clone(), entry.queued_bytes));
+                    }
                     true
                 }
                 None => false,
@@ -207,6 +241,13 @@ impl Engine for MemoryEngine {
             if queued && let Some(o) = self.inner.observer() {
                 o.messages_waiting(&id);
             }
+        }
+        // Outside every entry guard: destroying takes the client's and its channels' locks.
+        for (id, queued_bytes) in slow {
+            if let Some(o) = self.inner.observer() {
+                o.slow_consumer(&id, queued_bytes);
+            }
+            self.inner.destroy(&id);
         }
         Ok(())
     }
@@ -217,7 +258,10 @@ impl Engine for MemoryEngine {
 
     async fn take_queued(&self, client_id: &str) -> Result<Vec<SharedEnvelope>, EngineError> {
         Ok(match self.inner.clients.get_mut(client_id) {
-            Some(mut entry) => entry.queue.drain(..).collect(),
+            Some(mut entry) => {
+                entry.queued_bytes = 0;
+                entry.queue.drain(..).collect()
+            }
             None => Vec::new(),
         })
     }
@@ -226,6 +270,7 @@ impl Engine for MemoryEngine {
         let requeued = match self.inner.clients.get_mut(client_id) {
             Some(mut entry) => {
                 for env in envelopes.into_iter().rev() {
+                    entry.queued_bytes = entry.queued_bytes.saturating_add(env.encoded.len());
                     entry.queue.push_front(env);
                 }
                 true
@@ -298,6 +343,73 @@ mod tests {
         assert!(!engine.client_exists(&a).await.unwrap());
         assert_eq!(rec.destroyed.lock().unwrap().as_slice(), [a]);
         token.cancel();
+    }
+
+    #[derive(Default)]
+    struct SlowRecorder {
+        slow: Mutex<Vec<(String, usize)>>,
+        destroyed: Mutex<Vec<String>>,
+    }
+    impl EngineObserver for SlowRecorder {
+        fn messages_waiting(&self, _: &str) {}
+        fn client_destroyed(&self, id: &str) {
+            self.destroyed.lock().unwrap().push(id.to_string());
+        }
+        fn slow_consumer(&self, id: &str, bytes: usize) {
+            self.slow.lock().unwrap().push((id.to_string(), bytes));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_past_its_bound_destroys_the_client() {
+        let size = msg("/q").encoded.len();
+        let engine = MemoryEngine::with_queue_limit(Duration::from_secs(10), size * 3);
+        let rec = Arc::new(SlowRecorder::default());
+        engine.attach(rec.clone());
+        let slow = engine.create_client().await.unwrap();
+        let fast = engine.create_client().await.unwrap();
+        engine.subscribe(&slow, "/q").await.unwrap();
+        engine.subscribe(&fast, "/q").await.unwrap();
+        for _ in 0..3 {
+            engine.publish(msg("/q")).await.unwrap();
+            assert_eq!(engine.take_queued(&fast).await.unwrap().len(), 1, "draining keeps a client under its bound");
+        }
+        assert!(rec.slow.lock().unwrap().is_empty(), "at the bound is not past it");
+        engine.publish(msg("/q")).await.unwrap();
+        assert_eq!(rec.slow.lock().unwrap().as_slice(), [(slow.clone(), size * 4)]);
+        assert_eq!(rec.destroyed.lock().unwrap().as_slice(), std::slice::from_ref(&slow));
+        assert!(!engine.client_exists(&slow).await.unwrap());
+        assert_eq!(engine.queued_messages(), Some(1), "the slow client's queue is gone");
+        assert!(engine.client_exists(&fast).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn subscriptions_stop_at_the_limit() {
+        let engine = MemoryEngine::new(Duration::from_secs(10));
+        let a = engine.create_client().await.unwrap();
+        assert_eq!(engine.subscribe_limited(&a, "/a", 2).await.unwrap(), SubscribeOutcome::Added);
+        assert_eq!(engine.subscribe_limited(&a, "/b", 2).await.unwrap(), SubscribeOutcome::Added);
+        assert_eq!(engine.subscribe_limited(&a, "/c", 2).await.unwrap(), SubscribeOutcome::LimitReached);
+        assert_eq!(engine.subscribe_limited(&a, "/a", 2).await.unwrap(), SubscribeOutcome::Existing);
+        engine.publish(msg("/c")).await.unwrap();
+        assert!(engine.take_queued(&a).await.unwrap().is_empty(), "the refused subscription was not made");
+        engine.unsubscribe(&a, "/a").await.unwrap();
+        assert_eq!(engine.subscribe_limited(&a, "/c", 2).await.unwrap(), SubscribeOutcome::Added);
+    }
+
+    #[tokio::test]
+    async fn root_wildcard_can_be_left_out() {
+        let engine = MemoryEngine::new(Duration::from_secs(10));
+        let all = engine.create_client().await.unwrap();
+        let service = engine.create_client().await.unwrap();
+        engine.subscribe(&all, "/**").await.unwrap();
+        engine.subscribe(&service, "/service/**").await.unwrap();
+        let m: Message = serde_json::from_str(r#"{"channel":"/service/x","data":1}"#).unwrap();
+        engine.publish(Envelope::new_without_root_wildcard(&m)).await.unwrap();
+        assert!(engine.take_queued(&all).await.unwrap().is_empty());
+        assert_eq!(engine.take_queued(&service).await.unwrap().len(), 1);
+        engine.publish(Envelope::new(&m)).await.unwrap();
+        assert_eq!(engine.take_queued(&all).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

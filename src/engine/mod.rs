@@ -20,6 +20,9 @@ pub struct Envelope {
     pub message: Message,
     /// `message` encoded as one JSON object.
     pub encoded: Bytes,
+    /// False when subscribers of `/**` must not receive it (a `/service/**` publish on a
+    /// node that forbids wildcard service delivery).
+    root_wildcard: bool,
 }
 
 impl Envelope {
@@ -27,7 +30,15 @@ impl Envelope {
     pub fn new(published: &Message) -> Arc<Self> {
         let message = published.for_delivery();
         let encoded = crate::protocol::codec::encode(&message);
-        Arc::new(Self { message, encoded })
+        Arc::new(Self { message, encoded, root_wildcard: true })
+    }
+
+    /// As [`Envelope::new`], for a message that subscribers of `/**` must not receive
+    /// (`forbid_wildcard_service`): it reaches only subscriptions naming its own part of the tree.
+    pub fn new_without_root_wildcard(published: &Message) -> Arc<Self> {
+        let message = published.for_delivery();
+        let encoded = crate::protocol::codec::encode(&message);
+        Arc::new(Self { message, encoded, root_wildcard: false })
     }
 
     /// Wraps a message read back from a queue (JSON of the whole published message). The
@@ -38,7 +49,7 @@ impl Envelope {
             return None;
         }
         if message.client_id.is_none() {
-            Some(Arc::new(Self { message, encoded: json }))
+            Some(Arc::new(Self { message, encoded: json, root_wildcard: true }))
         } else {
             Some(Self::new(&message))
         }
@@ -48,6 +59,27 @@ impl Envelope {
     pub fn channel(&self) -> &str {
         self.message.channel_str()
     }
+
+    /// The subscriptions that receive it: the expansion of its channel, without `/**` when
+    /// it was published with [`Envelope::new_without_root_wildcard`].
+    pub fn patterns(&self) -> Vec<String> {
+        let mut patterns = crate::protocol::channel::expand(self.channel());
+        if !self.root_wildcard {
+            patterns.retain(|p| p != "/**");
+        }
+        patterns
+    }
+}
+
+/// What a subscribe under a per-client limit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeOutcome {
+    /// The subscription is new.
+    Added,
+    /// The client was already subscribed to that channel.
+    Existing,
+    /// The client already holds the most subscriptions allowed; nothing changed.
+    LimitReached,
 }
 
 /// Shared handle to an [`Envelope`].
@@ -75,6 +107,9 @@ pub trait EngineObserver: Send + Sync + 'static {
     fn client_closed(&self, _client_id: &str) {}
     /// Notifications may have been missed: every client held here should drain its queue.
     fn redrain_all(&self) {}
+    /// The client's queue grew past the engine's bound (`queued_bytes` > the limit); the
+    /// engine destroys it right after this call.
+    fn slow_consumer(&self, _client_id: &str, _queued_bytes: usize) {}
 }
 
 /// Storage of clients, subscriptions and message queues (Faye's engine interface).
@@ -94,6 +129,14 @@ pub trait Engine: Send + Sync + 'static {
     async fn ping(&self, client_id: &str) -> Result<(), EngineError>;
     /// Subscribes; true if the subscription is new.
     async fn subscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError>;
+    /// Subscribes unless the client already holds `max` subscriptions (re-subscribing to a
+    /// channel it holds is not refused). Engines check and add in one step.
+    async fn subscribe_limited(
+        &self,
+        client_id: &str,
+        channel: &str,
+        max: usize,
+    ) -> Result<SubscribeOutcome, EngineError>;
     /// Unsubscribes; true if the client was subscribed.
     async fn unsubscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError>;
     /// Queues the message for every client subscribed to a channel that matches it, once each.

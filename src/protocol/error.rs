@@ -66,6 +66,21 @@ impl BayeuxError {
         Self::new(500, params, "Internal server error")
     }
 
+    /// 403 on a subscribe that would take the client past its subscription limit.
+    pub fn subscription_limit(channel: &str, limit: usize) -> Self {
+        Self {
+            code: 403,
+            params: vec![channel.to_string()],
+            message: format!("Too many subscriptions (at most {limit} per client)"),
+        }
+    }
+
+    /// 429 on a handshake refused because its address handshakes too often; the reply's
+    /// advice says when to try again. Not a Faye code: HTTP's "Too Many Requests".
+    pub fn handshake_rate_limited() -> Self {
+        Self::new(429, Vec::new(), "Too many handshakes from this address")
+    }
+
     /// Parses the text form; text that is not `ddd:params:message` becomes a code-less error
     /// (code 0) whose message is the whole text, as Faye's client does.
     pub fn parse(text: &str) -> Self {
@@ -106,5 +121,10 @@ mod tests {
         let parsed = BayeuxError::parse("405:/a/*:Invalid channel");
         assert_eq!(parsed, BayeuxError::channel_invalid("/a/*"));
         assert_eq!(BayeuxError::parse("nope").code, 0);
+        assert_eq!(
+            BayeuxError::subscription_limit("/a", 2).to_string(),
+            "403:/a:Too many subscriptions (at most 2 per client)"
+        );
+        assert_eq!(BayeuxError::handshake_rate_limited().to_string(), "429::Too many handshakes from this address");
     }
 }

@@ -1,14 +1,31 @@
-//! `/meta/handshake`: agree on a connection type and hand out a client id.
+//! `/meta/handshake`: agree on a connection type and hand out a client id, at most as often
+//! per address as the handshake rate limit allows.
 
-use super::{Server, ServerEvent};
+use super::{RequestContext, Server, ServerEvent};
 use crate::engine::EngineError;
-use crate::protocol::{BAYEUX_VERSION, BayeuxError, CONNECTION_TYPES, Message};
+use crate::protocol::{BAYEUX_VERSION, BayeuxError, CONNECTION_TYPES, Message, advice};
+
+/// A rate-limited client is advised to wait until its address has a token again, plus a
+/// random pause of up to this (or the reconnect jitter when larger), so that the clients
+/// refused together do not come back together.
+const RATE_LIMIT_SPREAD_MS: u64 = 1000;
 
 impl Server {
-    pub(super) async fn handshake(&self, message: &Message) -> Result<Message, EngineError> {
+    pub(super) async fn handshake(&self, message: &Message, ctx: &RequestContext) -> Result<Message, EngineError> {
         let mut reply = message.reply();
         reply.version = Some(BAYEUX_VERSION.to_string());
         reply.supported_connection_types = Some(CONNECTION_TYPES.iter().map(|t| t.to_string()).collect());
+
+        if let (Some(limiter), Some(remote), false) = (&self.inner.handshake_limiter, ctx.remote_addr, ctx.local)
+            && let Err(wait) = limiter.check(remote.ip())
+        {
+            let spread = RATE_LIMIT_SPREAD_MS.max(self.inner.settings.reconnect_jitter.as_millis() as u64);
+            let interval = wait.as_millis() as u64 + 1 + rand::random_range(0..=spread);
+            tracing::debug!(%remote, interval, "handshake refused: rate limit");
+            reply.error = Some(BayeuxError::handshake_rate_limited().to_string());
+            reply.advice = Some(advice::handshake_after(interval));
+            return Ok(reply);
+        }
 
         let version_missing = message.version.as_deref().is_none_or(|v| v.is_empty() || v == "0" || v == "false");
         if version_missing {
@@ -29,6 +46,12 @@ impl Server {
         tracing::debug!(client_id = %client_id, "handshake");
         self.inner.metrics.handshake();
         self.inner.sessions.emit(|| ServerEvent::Handshake { client_id: client_id.clone() });
+        if self.inner.settings.bind_client_ip
+            && !ctx.local
+            && let Some(remote) = ctx.remote_addr
+        {
+            let _ = self.inner.sessions.get_or_create(&client_id).owner_ip.set(remote.ip().to_canonical());
+        }
         reply.client_id = Some(client_id);
         Ok(reply)
     }

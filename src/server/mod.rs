@@ -5,6 +5,7 @@ mod connect;
 mod disconnect;
 pub mod extension;
 mod handshake;
+mod limits;
 mod publish;
 pub mod session;
 mod subscribe;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use extension::{Extension, RequestContext};
 pub(crate) use session::Sessions;
-pub use session::{OutFrame, SocketHandle};
+pub use session::{InFlight, OutFrame, SocketHandle};
 
 /// Clients released by a shutdown are advised to reconnect within this many milliseconds.
 const SHUTDOWN_RECONNECT_SPREAD_MS: u64 = 2000;
@@ -70,6 +71,35 @@ pub struct ServerSettings {
     pub timeout: Duration,
     /// Advised pause between connects (Faye's `interval`).
     pub interval: Duration,
+    /// Most subscriptions one client may hold.
+    pub max_subscriptions: usize,
+    /// Handshakes per second allowed from one address; `0` means no limit.
+    pub handshake_rate: f64,
+    /// Handshakes one address may make in a burst.
+    pub handshake_burst: u32,
+    /// Upper bound of the random `interval` added to `reconnect: "handshake"` advice, so
+    /// clients a restarted node forgot do not all re-handshake at once; zero keeps Faye's advice.
+    pub reconnect_jitter: Duration,
+    /// Keep `/service/**` publishes from subscribers of `/**` (Faye delivers them).
+    pub forbid_wildcard_service: bool,
+    /// A client id works only from the IP address that handshook it (on the node that did).
+    pub bind_client_ip: bool,
+}
+
+impl Default for ServerSettings {
+    /// Faye's behaviour: 45 s timeout, no interval, no limits beyond the generous defaults.
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(45),
+            interval: Duration::ZERO,
+            max_subscriptions: 1000,
+            handshake_rate: 0.0,
+            handshake_burst: 1,
+            reconnect_jitter: Duration::ZERO,
+            forbid_wildcard_service: false,
+            bind_client_ip: false,
+        }
+    }
 }
 
 struct Inner {
@@ -82,6 +112,7 @@ struct Inner {
     advice_retry_eventsource: Box<RawValue>,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
+    handshake_limiter: Option<limits::HandshakeLimiter>,
 }
 
 /// The Bayeux server: cheap to clone, shared by every transport.
@@ -131,6 +162,7 @@ impl Server {
                 rewrites_outgoing,
                 advice_retry: advice::retry(interval_ms, timeout_ms),
                 advice_retry_eventsource: advice::retry(timeout_ms, 0),
+                handshake_limiter: limits::HandshakeLimiter::new(settings.handshake_rate, settings.handshake_burst),
                 settings,
                 shutdown,
                 metrics,
@@ -181,6 +213,10 @@ impl Server {
             }
             for ext in &self.inner.extensions {
                 ext.incoming(&mut message, ctx);
+            }
+            if let Some(reply) = self.foreign_client(&message, ctx) {
+                items.push(Item::Ready(reply));
+                continue;
             }
             let item = match self.handle(message, ctx, socket).await {
                 Ok(item) => item,
@@ -245,7 +281,7 @@ impl Server {
         let name = message.channel_str();
         if name.starts_with(channel::META_PREFIX) || name == "/meta" {
             let mut reply = match name {
-                channel::meta::HANDSHAKE => self.handshake(&message).await,
+                channel::meta::HANDSHAKE => self.handshake(&message, ctx).await,
                 channel::meta::CONNECT => return self.connect(&message, socket).await,
                 channel::meta::SUBSCRIBE => self.subscribe(&message, ctx, true).await,
                 channel::meta::UNSUBSCRIBE => self.subscribe(&message, ctx, false).await,
@@ -274,12 +310,44 @@ impl Server {
             return;
         }
         reply.advice = Some(if reply.error.is_some() {
-            advice::handshake()
+            self.handshake_advice()
         } else if connection_type == Some("eventsource") {
             self.inner.advice_retry_eventsource.clone()
         } else {
             self.inner.advice_retry.clone()
         });
+    }
+
+    /// `reconnect: "handshake"`, with a random `interval` up to the configured jitter.
+    fn handshake_advice(&self) -> Box<RawValue> {
+        let jitter = self.inner.settings.reconnect_jitter.as_millis() as u64;
+        if jitter == 0 { advice::handshake() } else { advice::handshake_after(rand::random_range(0..=jitter)) }
+    }
+
+    /// With `bind_client_ip`: a message naming a client id that this node handed to another
+    /// address is answered as if the client did not exist (`401`), and not acted on.
+    fn foreign_client(&self, message: &Message, ctx: &RequestContext) -> Option<Message> {
+        if !self.inner.settings.bind_client_ip || ctx.local {
+            return None;
+        }
+        if message.channel_str() == channel::meta::HANDSHAKE {
+            return None;
+        }
+        let client_id = message.client_id.as_deref().filter(|c| !c.is_empty())?;
+        let owner = *self.inner.sessions.get(client_id)?.owner_ip.get()?;
+        if ctx.remote_addr.map(|a| a.ip().to_canonical()) == Some(owner) {
+            return None;
+        }
+        tracing::debug!(client_id, remote = ?ctx.remote_addr, "client id used from another address");
+        let mut reply = message.reply();
+        match message.channel_str() {
+            channel::meta::CONNECT | channel::meta::DISCONNECT => reply.client_id = None,
+            channel::meta::SUBSCRIBE | channel::meta::UNSUBSCRIBE => reply.subscription = message.subscription.clone(),
+            _ => {}
+        }
+        reply.error = Some(BayeuxError::client_unknown(client_id).to_string());
+        self.advise(&mut reply, message.connection_type.as_deref());
+        Some(reply)
     }
 
     fn encode_reply(&self, mut reply: Message) -> Bytes {
@@ -359,9 +427,14 @@ impl Server {
     async fn pump(&self, session: Arc<session::Session>, socket: SocketHandle, stop: CancellationToken) {
         let engine = &self.inner.engine;
         let client_id = session.client_id.clone();
+        let one_in_flight = Arc::new(tokio::sync::Semaphore::new(1));
         loop {
-            // Reserve room first, so messages are only taken from the queue once they can be
-            // handed to the socket's writer.
+            // Wait until the previous frame is written and there is room for the next, so
+            // messages are only taken from the queue once the socket keeps up with them.
+            let in_flight = tokio::select! {
+                p = one_in_flight.clone().acquire_owned() => match p { Ok(p) => InFlight(p), Err(_) => return },
+                _ = stop.cancelled() => return,
+            };
             let permit = tokio::select! {
                 p = socket.tx.reserve() => match p { Ok(p) => p, Err(_) => return },
                 _ = stop.cancelled() => return,
@@ -372,6 +445,7 @@ impl Server {
                         bytes: self.encode_delivery_frame(&delivered, &client_id),
                         client_id: Some(client_id.clone()),
                         deliveries: delivered,
+                        in_flight: Some(in_flight),
                     });
                 }
                 Ok(_) => drop(permit),

@@ -15,7 +15,12 @@ impl Server {
             reply.error = Some(BayeuxError::parameter_missing("data").to_string());
         }
         if reply.error.is_none() {
-            self.inner.engine.publish(Envelope::new(&message)).await.map_err(|e| (reply.clone(), e))?;
+            let envelope = if self.inner.settings.forbid_wildcard_service && channel::is_service(name) {
+                Envelope::new_without_root_wildcard(&message)
+            } else {
+                Envelope::new(&message)
+            };
+            self.inner.engine.publish(envelope).await.map_err(|e| (reply.clone(), e))?;
             self.inner.metrics.published();
             self.inner.sessions.emit(|| ServerEvent::Publish {
                 client_id: message.client_id.clone(),

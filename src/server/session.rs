@@ -5,7 +5,8 @@ use super::ServerEvent;
 use crate::engine::{EngineObserver, SharedEnvelope};
 use bytes::Bytes;
 use dashmap::DashMap;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +20,15 @@ pub struct OutFrame {
     pub client_id: Option<Arc<str>>,
     /// The delivered messages encoded in `bytes`.
     pub deliveries: Vec<SharedEnvelope>,
+    /// Held by a frame of deliveries until it is dropped (written or given back): the
+    /// delivery pump sends the next frame only then, so a slow socket leaves messages in the
+    /// engine's queue, where they are counted against the client's bound.
+    pub in_flight: Option<InFlight>,
 }
+
+/// See [`OutFrame::in_flight`].
+#[derive(Debug)]
+pub struct InFlight(#[allow(dead_code)] pub(crate) tokio::sync::OwnedSemaphorePermit);
 
 /// A persistent connection (websocket or EventSource) that messages can be pushed to.
 #[derive(Debug, Clone)]
@@ -46,6 +55,8 @@ pub(crate) struct Session {
     pub(crate) client_id: Arc<str>,
     pub(crate) wake: Notify,
     pub(crate) closed: CancellationToken,
+    /// With `bind_client_ip`: the address that handshook this client here.
+    pub(crate) owner_ip: OnceLock<IpAddr>,
     state: Mutex<SessionState>,
 }
 
@@ -123,6 +134,7 @@ impl Sessions {
                     client_id: Arc::from(client_id),
                     wake: Notify::new(),
                     closed: CancellationToken::new(),
+                    owner_ip: OnceLock::new(),
                     state: Mutex::new(SessionState::default()),
                 })
             })
@@ -158,6 +170,12 @@ impl EngineObserver for Sessions {
         if let Some((_, s)) = self.map.remove(client_id) {
             s.closed.cancel();
         }
+    }
+
+    fn slow_consumer(&self, client_id: &str, queued_bytes: usize) {
+        self.metrics.slow_consumer();
+        // Once per client: the engine destroys it right after.
+        tracing::warn!(client_id, queued_bytes, "slow consumer: its queue outgrew the limit; disconnecting it");
     }
 
     fn redrain_all(&self) {

@@ -2,7 +2,7 @@
 //! first one refused.
 
 use super::{RequestContext, Server};
-use crate::engine::EngineError;
+use crate::engine::{EngineError, SubscribeOutcome};
 use crate::protocol::{BayeuxError, Message, Subscription, channel};
 
 impl Server {
@@ -48,7 +48,13 @@ impl Server {
                     break;
                 }
                 if subscribing {
-                    self.inner.engine.subscribe(client_id, name).await?;
+                    let max = self.inner.settings.max_subscriptions;
+                    if self.inner.engine.subscribe_limited(client_id, name, max).await?
+                        == SubscribeOutcome::LimitReached
+                    {
+                        reply.error = Some(BayeuxError::subscription_limit(name, max).to_string());
+                        break;
+                    }
                 } else {
                     self.inner.engine.unsubscribe(client_id, name).await?;
                 }

@@ -23,7 +23,7 @@ pub(crate) fn is_valid_callback(name: &str) -> bool {
 
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     let ctx = request_context(&req, remote);
-    let origin: Option<HeaderValue> = req.headers().get(header::ORIGIN).cloned();
+    let origin: Option<HeaderValue> = shared.cors_origin(req.headers());
     let query = req.uri().query().unwrap_or("");
     let mut message = None;
     let mut callback = None;

@@ -54,9 +54,9 @@ pub(crate) async fn open(shared: Arc<Shared>, req: Request<Incoming>, _remote: S
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
+    if let Some(origin) = shared.cors_origin(req.headers()) {
         h.insert("access-control-allow-credentials", HeaderValue::from_static("true"));
-        h.insert("access-control-allow-origin", origin.clone());
+        h.insert("access-control-allow-origin", origin);
     }
     resp
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     let ctx = request_context(&req, remote);
-    let origin: Option<HeaderValue> = req.headers().get(header::ORIGIN).cloned();
+    let origin: Option<HeaderValue> = shared.cors_origin(req.headers());
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)

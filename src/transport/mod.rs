@@ -36,6 +36,10 @@ pub struct TransportSettings {
     pub mount: String,
     /// Largest accepted request body or websocket message, in bytes.
     pub max_body_bytes: usize,
+    /// Most messages in one request body or websocket message (HTTP 400 / close 1008 beyond).
+    pub max_batch_messages: usize,
+    /// Origins allowed cross-origin access; `None` echoes any `Origin`, as Faye does.
+    pub cors_origins: Option<Vec<String>>,
     /// Keepalive interval for websockets and EventSource streams.
     pub ping: Option<Duration>,
     /// The browser client script served at `<mount>.js` and `<mount>/client.js`.
@@ -48,6 +52,10 @@ pub struct TransportSettings {
     #[cfg(feature = "tls")]
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
+
+/// A connection's share of `max_connections`: held by the connection task and, after an
+/// upgrade, by the websocket task, so a websocket counts until it closes.
+pub(crate) type ConnectionSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -71,6 +79,20 @@ impl Shared {
 
     fn is_script_path(&self, path: &str) -> bool {
         path == format!("{}.js", self.mount) || path == format!("{}/client.js", self.mount)
+    }
+
+    /// True when the request's `Origin` (if any) may use the endpoint: always without an
+    /// allow-list; with one, only the listed origins (requests without `Origin` pass).
+    pub(crate) fn origin_allowed(&self, headers: &hyper::HeaderMap) -> bool {
+        match (&self.settings.cors_origins, headers.get(header::ORIGIN)) {
+            (Some(list), Some(origin)) => list.iter().any(|o| o.as_bytes() == origin.as_bytes()),
+            _ => true,
+        }
+    }
+
+    /// The `Origin` to echo in CORS headers: the request's, unless an allow-list leaves it out.
+    pub(crate) fn cors_origin(&self, headers: &hyper::HeaderMap) -> Option<HeaderValue> {
+        headers.get(header::ORIGIN).filter(|_| self.origin_allowed(headers)).cloned()
     }
 }
 
@@ -104,33 +126,35 @@ pub fn serve(
                 _ = shutdown.cancelled() => return,
             };
             let _ = stream.set_nodelay(true);
+            let permit: ConnectionSlot = Arc::new(permit);
             let shared = shared.clone();
             shared.tracker.clone().spawn(async move {
                 #[cfg(feature = "tls")]
                 if let Some(acceptor) = shared.settings.tls.clone() {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(shared, TokioIo::new(tls), remote).await,
+                        Ok(Ok(tls)) => serve_connection(shared, TokioIo::new(tls), remote, permit.clone()).await,
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
                     drop(permit);
                     return;
                 }
-                serve_connection(shared, TokioIo::new(stream), remote).await;
+                serve_connection(shared, TokioIo::new(stream), remote, permit.clone()).await;
                 drop(permit);
             });
         }
     });
 }
 
-async fn serve_connection<I>(shared: Arc<Shared>, io: I, remote: SocketAddr)
+async fn serve_connection<I>(shared: Arc<Shared>, io: I, remote: SocketAddr, slot: ConnectionSlot)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = svc_shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, req, remote).await) }
+        let slot = slot.clone();
+        async move { Ok::<_, Infallible>(handle(shared, req, remote, slot).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -151,7 +175,12 @@ where
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    slot: ConnectionSlot,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     if !shared.is_bayeux_path(&path) {
         return match (req.method(), path.as_str()) {
@@ -166,10 +195,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: SocketAddr)
     let is_preflight = req.method() == Method::OPTIONS
         || req.headers().get("access-control-request-method").is_some_and(|v| v.as_bytes() == b"POST");
     if is_preflight {
-        return preflight(&req);
+        return preflight(&shared, &req);
     }
     if websocket::is_upgrade(&req) {
-        return websocket::upgrade(shared, req, remote);
+        return websocket::upgrade(shared, req, remote, slot);
     }
     if eventsource::is_eventsource(&req) {
         return eventsource::open(shared, req, remote).await;
@@ -228,7 +257,13 @@ async fn healthz(shared: &Shared) -> Response<Body> {
     }
 }
 
-fn preflight(req: &Request<Incoming>) -> Response<Body> {
+fn preflight(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    if shared.settings.cors_origins.is_some()
+        && (req.headers().get(header::ORIGIN).is_none() || !shared.origin_allowed(req.headers()))
+    {
+        tracing::debug!(origin = ?req.headers().get(header::ORIGIN), "preflight from an origin not in the allow-list");
+        return text(StatusCode::FORBIDDEN, "Forbidden origin");
+    }
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -296,6 +331,11 @@ pub(crate) async fn run_batch(
 ) -> Result<Bytes, Response<Body>> {
     use crate::protocol::codec::{self, CodecError};
     match codec::decode(json, shared.settings.max_body_bytes) {
+        Ok(messages) if messages.len() > shared.settings.max_batch_messages => Err(bad_request(&format!(
+            "{} messages in one request; at most {} are accepted",
+            messages.len(),
+            shared.settings.max_batch_messages
+        ))),
         Ok(messages) => Ok(shared.server.process_and_finish(messages, ctx).await),
         Err(CodecError::TooLarge { .. }) => Err(too_large()),
         Err(e) => Err(bad_request(&e.to_string())),

@@ -1,7 +1,7 @@
 //! `websocket`: upgrade at the mount path. Each frame carries a batch; replies and pushed
 //! deliveries leave through one writer, several messages per frame.
 
-use super::{Body, Shared, bad_request, full};
+use super::{Body, ConnectionSlot, Shared, bad_request, full, text};
 use crate::protocol::Message;
 use crate::protocol::codec;
 use crate::server::{OutFrame, RequestContext, SocketHandle};
@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,6 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Frames waiting for one socket's writer; a full queue makes the delivery pump wait.
 const WRITE_QUEUE: usize = 16;
+
+/// Once the reading side is done, how long the writer may take to flush what is queued (and
+/// the close frame) before the connection is dropped: a peer that stopped reading must not
+/// keep the task and its frames alive.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
 
 static NEXT_SOCKET_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -38,10 +44,21 @@ pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-pub(crate) fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+pub(crate) fn upgrade(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    remote: SocketAddr,
+    slot: ConnectionSlot,
+) -> Response<Body> {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
         return bad_request("websocket upgrade without Sec-WebSocket-Key");
     };
+    if !shared.origin_allowed(req.headers()) {
+        // Browsers send Origin on every websocket upgrade and apply no CORS to websockets:
+        // the allow-list is the only thing between another site's page and this endpoint.
+        tracing::debug!(%remote, origin = ?req.headers().get(header::ORIGIN), "websocket from an origin not in the allow-list");
+        return text(StatusCode::FORBIDDEN, "Forbidden origin");
+    }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let ctx = super::request_context(&req, remote);
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -53,6 +70,7 @@ pub(crate) fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, remote: S
                 let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
                 run(shared, ws, ctx).await;
+                drop(slot); // the websocket no longer counts against max_connections
             }
             Err(e) => tracing::debug!(%remote, error = %e, "websocket upgrade failed"),
         }
@@ -87,7 +105,7 @@ where
     let (tx, rx) = mpsc::channel::<OutFrame>(WRITE_QUEUE);
     let (close_tx, close_rx) = mpsc::channel::<CloseFrame>(1);
     let socket = SocketHandle { id: next_socket_id(), tx };
-    let writer = tokio::spawn(write_loop(shared.clone(), sink, rx, close_rx));
+    let mut writer = tokio::spawn(write_loop(shared.clone(), sink, rx, close_rx));
     let mut bound: Option<String> = None;
     let mut bound_closed: Option<CancellationToken> = None;
 
@@ -120,6 +138,17 @@ where
             }
         };
         let messages = match codec::decode(&payload, shared.settings.max_body_bytes) {
+            Ok(m) if m.len() > shared.settings.max_batch_messages => {
+                // Faye's websocket client sends one message per frame: this is no Faye client.
+                tracing::debug!(
+                    messages = m.len(),
+                    limit = shared.settings.max_batch_messages,
+                    "websocket batch over the limit"
+                );
+                let reason = format!("more than {} messages in one frame", shared.settings.max_batch_messages);
+                let _ = close_tx.try_send(CloseFrame { code: CloseCode::Policy, reason: reason.into() });
+                break;
+            }
             Ok(m) => m,
             Err(e) => {
                 // Faye answers nothing to a frame it cannot parse and keeps the socket open.
@@ -149,11 +178,21 @@ where
             let tx = socket.tx.clone();
             tokio::spawn(async move {
                 let bytes = server.finish(batch).await;
-                let _ = tx.send(OutFrame { bytes, client_id: None, deliveries: Vec::new() }).await;
+                let _ = tx.send(OutFrame { bytes, client_id: None, deliveries: Vec::new(), in_flight: None }).await;
             });
         } else {
             let bytes = shared.server.finish(batch).await;
-            if socket.tx.send(OutFrame { bytes, client_id: None, deliveries: Vec::new() }).await.is_err() {
+            let frame = OutFrame { bytes, client_id: None, deliveries: Vec::new(), in_flight: None };
+            // A peer that sends without reading fills the write queue: stop waiting for room
+            // once its client is destroyed or the node shuts down. Biased: a reply that fits
+            // goes out even when this very batch destroyed the client (a disconnect).
+            let sent = tokio::select! {
+                biased;
+                r = socket.tx.send(frame) => r.is_ok(),
+                _ = cancelled(&bound_closed) => false,
+                _ = shared.shutdown.cancelled() => false,
+            };
+            if !sent {
                 break;
             }
         }
@@ -162,7 +201,11 @@ where
         shared.server.detach_socket(&cid, socket.id);
     }
     drop(socket);
-    let _ = writer.await;
+    if tokio::time::timeout(WRITER_GRACE, &mut writer).await.is_err() {
+        // The peer stopped reading; dropping the writer's half closes the connection.
+        tracing::debug!("websocket writer stuck on a peer that does not read; dropping the connection");
+        writer.abort();
+    }
 }
 
 async fn write_loop<K>(

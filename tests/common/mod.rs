@@ -42,7 +42,7 @@ pub fn skip_on_reference(why: &str) -> bool {
 }
 
 enum Kind {
-    Ours(Node),
+    Ours(Box<Node>),
     Reference { _child: tokio::process::Child },
 }
 
@@ -104,7 +104,7 @@ impl TestNode {
                 }
             }
         });
-        Self { addr, timeout, kind: Kind::Ours(node), events: tx }
+        Self { addr, timeout, kind: Kind::Ours(Box::new(node)), events: tx }
     }
 
     async fn start_reference(config: &Config) -> Self {
@@ -186,7 +186,7 @@ impl TestNode {
     /// Stops the node.
     pub async fn shutdown(self) {
         if let Kind::Ours(node) = self.kind {
-            node.shutdown().await;
+            (*node).shutdown().await;
         }
     }
 }

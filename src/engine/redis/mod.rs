@@ -7,8 +7,8 @@ mod keys;
 mod listener;
 mod scripts;
 
-use super::{Engine, EngineError, EngineObserver, Envelope, SharedEnvelope};
-use crate::protocol::{channel, client_id};
+use super::{Engine, EngineError, EngineObserver, Envelope, SharedEnvelope, SubscribeOutcome};
+use crate::protocol::client_id;
 use crate::redis_conn::{RedisConnError, RedisEndpoint, TimedConnection};
 use crate::telemetry::Metrics;
 use async_trait::async_trait;
@@ -34,6 +34,9 @@ pub struct RedisSettings {
     pub gc_interval: Duration,
     /// Where round-trip latency and reconnects are counted.
     pub metrics: Arc<Metrics>,
+    /// A client whose queue redis estimates above this many bytes is destroyed as a slow
+    /// consumer (`0`: no bound).
+    pub max_queue_bytes: usize,
 }
 
 /// Lock lifetime for garbage collection, as faye-redis (120 s).
@@ -46,6 +49,7 @@ pub(crate) struct Inner {
     keys: Keys,
     timeout: Duration,
     gc_interval: Duration,
+    max_queue_bytes: usize,
     observer: OnceLock<Arc<dyn EngineObserver>>,
     /// False from the first failure of an outage until the next success: one warning each way.
     healthy: AtomicBool,
@@ -200,6 +204,7 @@ impl RedisEngine {
                 keys: Keys::new(&settings.namespace),
                 timeout: settings.timeout,
                 gc_interval: settings.gc_interval,
+                max_queue_bytes: settings.max_queue_bytes,
                 observer: OnceLock::new(),
                 healthy: AtomicBool::new(true),
                 listening: AtomicBool::new(false),
@@ -281,18 +286,58 @@ impl Engine for RedisEngine {
         self.inner.membership(client_id, channel, true).await
     }
 
+    async fn subscribe_limited(
+        &self,
+        client_id: &str,
+        channel: &str,
+        max: usize,
+    ) -> Result<SubscribeOutcome, EngineError> {
+        let r: redis::RedisResult<i64> = scripts::SUBSCRIBE_LIMITED
+            .key(self.inner.keys.client_channels(client_id))
+            .key(self.inner.keys.channel(channel))
+            .arg(channel)
+            .arg(client_id)
+            .arg(max.min(i64::MAX as usize) as i64)
+            .invoke_async(&mut self.inner.con())
+            .await;
+        Ok(match self.inner.check(r)? {
+            1 => {
+                if let Some(o) = self.inner.observer.get() {
+                    o.subscribed(client_id, channel);
+                }
+                SubscribeOutcome::Added
+            }
+            -1 => SubscribeOutcome::LimitReached,
+            _ => SubscribeOutcome::Existing,
+        })
+    }
+
     async fn unsubscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
         self.inner.membership(client_id, channel, false).await
     }
 
     async fn publish(&self, envelope: SharedEnvelope) -> Result<(), EngineError> {
         let mut invocation = scripts::PUBLISH.prepare_invoke();
-        invocation.arg(self.inner.keys.namespace()).arg(envelope.encoded.as_ref()).arg(self.inner.exists_cutoff());
-        for c in channel::expand(envelope.channel()) {
+        invocation
+            .arg(self.inner.keys.namespace())
+            .arg(envelope.encoded.as_ref())
+            .arg(self.inner.exists_cutoff())
+            .arg(self.inner.max_queue_bytes);
+        for c in envelope.patterns() {
             invocation.arg(c);
         }
-        let r: redis::RedisResult<i64> = invocation.invoke_async(&mut self.inner.con()).await;
-        self.inner.check(r).map(|_| ())
+        let r: redis::RedisResult<Vec<redis::Value>> = invocation.invoke_async(&mut self.inner.con()).await;
+        let result = self.inner.check(r)?;
+        // After the recipient count: pairs of (client id, estimated queue bytes) over the bound.
+        for pair in result.get(1..).unwrap_or_default().chunks_exact(2) {
+            let Ok(id) = redis::from_redis_value_ref::<String>(&pair[0]) else { continue };
+            let bytes = redis::from_redis_value_ref::<i64>(&pair[1]).unwrap_or(0);
+            if let Some(o) = self.inner.observer.get() {
+                o.slow_consumer(&id, usize::try_from(bytes).unwrap_or(0));
+            }
+            self.inner.destroy(&id).await?;
+        }
+        Ok(())
     }
 
     async fn health(&self) -> Result<(), EngineError> {

@@ -5,30 +5,58 @@
 use std::sync::LazyLock;
 
 /// Publish. ARGV: namespace, message JSON, cutoff ms (clients last seen before it are gone),
-/// then the expanded channels. Unions the subscribers of every channel; for each live one,
-/// appends the message to its queue and announces its id on the messages channel; a gone
-/// one's queue is deleted (as faye-redis does). Returns the number of recipients.
+/// queue bound in bytes (0: none), then the expanded channels. Unions the subscribers of every
+/// channel; for each live one, appends the message to its queue and announces its id on the
+/// messages channel; a gone one's queue is deleted (as faye-redis does). Returns
+/// {recipients, id, bytes, id, bytes, ...}: the clients whose queue is now over the bound.
+/// The size is redis's own estimate (MEMORY USAGE, sampled), asked only when the queue's
+/// length times this message's size passes the bound or every 32nd message, so the check
+/// stays cheap; faye-redis nodes draining the same queues need no extra key.
 /// Guarantees: every recipient gets the message once, in publish order per publisher.
 pub(crate) static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
-local ns, msg, cutoff = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local ns, msg, cutoff, bound = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local sets = {}
-for i = 4, #ARGV do sets[#sets + 1] = ns .. '/channels' .. ARGV[i] end
+for i = 5, #ARGV do sets[#sets + 1] = ns .. '/channels' .. ARGV[i] end
 local clients = redis.call('SUNION', unpack(sets))
-local delivered = 0
+local result = {0}
 for _, id in ipairs(clients) do
   local queue = ns .. '/clients/' .. id .. '/messages'
   local score = tonumber(redis.call('ZSCORE', ns .. '/clients', id))
   if score and score > cutoff then
-    redis.call('RPUSH', queue, msg)
+    local length = redis.call('RPUSH', queue, msg)
     redis.call('PUBLISH', ns .. '/notifications/messages', id)
-    delivered = delivered + 1
+    result[1] = result[1] + 1
+    if bound > 0 and (length * #msg > bound or length % 32 == 0) then
+      local bytes = redis.call('MEMORY', 'USAGE', queue) or 0
+      if bytes > bound then
+        result[#result + 1] = id
+        result[#result + 1] = bytes
+      end
+    end
   else
     redis.call('DEL', queue)
   end
 end
-return delivered
+return result
+"#,
+    )
+});
+
+/// Subscribe under a per-client limit. KEYS[1]: the client's channel set; KEYS[2]: the
+/// channel's client set; ARGV: channel, client id, limit. Returns 0 when already subscribed,
+/// -1 when the client holds `limit` channels already (nothing changes), 1 when added to both
+/// sets. Guarantees: the check and the two additions happen as one step.
+pub(crate) static SUBSCRIBE_LIMITED: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
 "#,
     )
 });
