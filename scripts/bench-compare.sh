@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# Runs the load scenarios of the load generator (benches/loadgen) against our release binary
+# and against the node.js Faye 1.4 server (benches/node/faye-server.js: memory engine, and
+# faye-redis 0.2.0 for the redis scenarios, from compat-tests' node packages,
+# NODE_ENV=production), in the same run, and prints one table: each figure for both and the
+# ratio. Each scenario gets fresh server processes (and a fresh redis-server of our own).
+# Only loopback traffic. See BENCHMARKS.md.
+#
+#   scripts/bench-compare.sh [--duration S] [--warmup S] [--idle-clients N] [--only LIST]
+#                            [--servers ours,node] [--out DIR]
+#
+#   --duration S       seconds measured per scenario (default 10)
+#   --warmup S         seconds published before measuring (default 2)
+#   --idle-clients N   idle websocket clients (default: as many as the open-files limit allows, at most 100000)
+#   --only LIST        comma-separated subset of: fanout,fanout-half,fanout-common,channels,longpoll,idle,redis,redis-2nodes
+#   --servers LIST     ours,node (default both)
+#   --out DIR          results directory (default target/bench-compare); results.jsonl is appended to
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=10
+WARMUP=2
+IDLE_CLIENTS=
+ONLY=fanout,fanout-half,fanout-common,channels,longpoll,idle,redis,redis-2nodes
+SERVERS=ours,node
+OUT=target/bench-compare
+TIMEOUT=45
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) DURATION=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
+    --idle-clients) IDLE_CLIENTS=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
+    --servers) SERVERS=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+wants() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+wants_server() { case ",$SERVERS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# The clients talk to 127.0.0.1 directly, never through a proxy from the environment.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY || true
+
+for tool in node redis-server redis-cli; do
+  command -v "$tool" >/dev/null || { echo "bench-compare: $tool is needed (apt-get install nodejs npm redis-server)" >&2; exit 2; }
+done
+if [ ! -d compat-tests/node_modules/faye ] || [ ! -d compat-tests/node_modules/faye-redis ]; then
+  echo "== npm ci in compat-tests (npm faye and faye-redis)"
+  (cd compat-tests && npm ci --no-audit --no-fund)
+fi
+
+mkdir -p "$OUT/bin" "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)
+RESULTS=$OUT/results.jsonl
+: > "$RESULTS"
+
+echo "== building (release binary and the load generator)"
+cargo build --release --quiet
+LOADGEN_EXE=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null |
+  grep '"name":"loadgen"' | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+[ -x "$LOADGEN_EXE" ] || { echo "bench-compare: could not find the loadgen executable" >&2; exit 1; }
+# Private copies: a concurrent build in target/ cannot swap the binaries mid-run.
+cp target/release/actioncluster "$OUT/bin/actioncluster"
+cp "$LOADGEN_EXE" "$OUT/bin/loadgen"
+OURS_BIN=$OUT/bin/actioncluster
+LOADGEN=$OUT/bin/loadgen
+
+# Idle clients need one descriptor each, in the server and in the generator.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if [ -z "$IDLE_CLIENTS" ]; then
+  if [ "$NOFILE" = unlimited ] || [ "$NOFILE" -ge 101000 ]; then IDLE_CLIENTS=100000; else IDLE_CLIENTS=$((NOFILE - 1000)); fi
+fi
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# wait_line FILE PATTERN PID: waits (15 s at most) for the server's ready line; prints the URL.
+wait_url() {
+  local file=$1 pid=$2
+  for _ in $(seq 1 150); do
+    if grep -q 'listening on http://' "$file" 2>/dev/null; then
+      grep -o 'http://[^ ]*' "$file" | head -1
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench-compare: server $pid did not start; its log:" >&2
+  cat "$file" "${file%.out}.err" >&2 || true
+  return 1
+}
+
+# start_server KIND NAME [REDIS_URL]: sets SERVER_URL and SERVER_PID.
+start_server() {
+  local kind=$1 name=$2 redis=${3:-}
+  local log=$OUT/logs/$name
+  if [ "$kind" = ours ]; then
+    "$OURS_BIN" --host 127.0.0.1 --port 0 --timeout "$TIMEOUT" --handshake-rate 0 --log warn \
+      ${redis:+--redis "$redis"} >"$log.out" 2>"$log.err" &
+  else
+    NODE_ENV=production node "$ROOT/benches/node/faye-server.js" --host 127.0.0.1 --port 0 --timeout "$TIMEOUT" \
+      ${redis:+--redis "$redis"} >"$log.out" 2>"$log.err" &
+  fi
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  SERVER_URL=$(wait_url "$log.out" "$SERVER_PID")
+}
+
+stop() {
+  for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# start_redis NAME: a redis-server of our own on a free port; sets REDIS_URL and REDIS_PID.
+start_redis() {
+  local port
+  for _ in $(seq 1 50); do
+    port=$((20000 + RANDOM % 20000))
+    [ "$port" = 6379 ] && continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  done
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/logs/$1.redis.log" 2>&1 &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  for _ in $(seq 1 100); do
+    if [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ]; then break; fi
+    sleep 0.05
+  done
+  local reported
+  reported=$(redis-cli -p "$port" INFO server | tr -d '\r' | grep '^process_id:' | cut -d: -f2)
+  if [ "$reported" != "$REDIS_PID" ]; then
+    echo "bench-compare: the redis on port $port is not ours" >&2
+    exit 1
+  fi
+  REDIS_URL=redis://127.0.0.1:$port/0
+}
+
+# figure LABEL SERVER KEY: one number from the results.
+figure() {
+  grep -F "\"label\":\"$1\"" "$RESULTS" | grep -F "\"server\":\"$2\"" | tail -1 |
+    grep -o "\"$3\":[0-9.eE+-]*" | head -1 | cut -d: -f2
+}
+
+loadgen() {
+  "$LOADGEN" "$@" --duration "$DURATION" --warmup "$WARMUP" --json-out "$RESULTS"
+}
+
+# run_single SERVER LABEL SCENARIO [loadgen args...]: one fresh server, one run.
+run_single() {
+  local server=$1 label=$2 scenario=$3
+  shift 3
+  start_server "$server" "$scenario-$server"
+  loadgen "$scenario" --url "$SERVER_URL" --server-pid "$SERVER_PID" --server "$server" --label "$label" "$@" ||
+    echo "bench-compare: $label [$server] failed" >&2
+  stop "$SERVER_PID"
+}
+
+# run_redis SERVER LABEL NODES: fan-out on the redis engine, subscribers on the first node and
+# the publisher on the last.
+run_redis() {
+  local server=$1 label=$2 nodes=$3
+  start_redis "redis-$nodes-$server"
+  start_server "$server" "redis$nodes-a-$server" "$REDIS_URL"
+  local url_a=$SERVER_URL pid_a=$SERVER_PID url_b=$SERVER_URL pids=("$SERVER_PID")
+  if [ "$nodes" = 2 ]; then
+    start_server "$server" "redis$nodes-b-$server" "$REDIS_URL"
+    url_b=$SERVER_URL
+    pids+=("$SERVER_PID")
+  fi
+  loadgen fanout --url "$url_a" --pub-url "$url_b" "${pids[@]/#/--server-pid=}" --redis-pid "$REDIS_PID" \
+    --server "$server" --label "$label" || echo "bench-compare: $label [$server] failed" >&2
+  stop "${pids[@]}" "$REDIS_PID"
+  unset pid_a
+}
+
+each_server() { # each_server FUNCTION ARGS...: runs it for ours, then node
+  local fn=$1
+  shift
+  for server in ours node; do
+    if wants_server "$server"; then "$fn" "$server" "$@"; fi
+  done
+}
+
+echo "== machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))," \
+  "$(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r), open files $NOFILE"
+echo "== $(rustc --version), node $(node --version), faye $(node -p "require('$ROOT/compat-tests/node_modules/faye/package.json').version")," \
+  "faye-redis $(node -p "require('$ROOT/compat-tests/node_modules/faye-redis/package.json').version"), $(redis-server --version | cut -d' ' -f3)"
+echo "== commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); rustc processes running now: $(pgrep -c rustc || true)"
+echo "== duration ${DURATION}s (+${WARMUP}s warm-up) per scenario; results in $RESULTS"
+
+FANOUT="fan-out 1->100, max rate"
+if wants fanout || wants fanout-half || wants fanout-common; then
+  each_server run_single "$FANOUT" fanout
+fi
+if wants fanout-half; then
+  half() {
+    local rate
+    rate=$(figure "$FANOUT" "$1" acks_per_s)
+    [ -n "$rate" ] || { echo "no max rate measured for $1" >&2; return 0; }
+    run_single "$1" "fan-out at 50% of own max rate" fanout --rate "$(awk -v r="$rate" 'BEGIN { printf "%d", r / 2 }')"
+  }
+  each_server half
+fi
+if wants fanout-common; then
+  common=$(figure "$FANOUT" node acks_per_s || true)
+  [ -n "$common" ] || common=$(figure "$FANOUT" ours acks_per_s || true)
+  if [ -n "$common" ]; then
+    common=$(awk -v r="$common" 'BEGIN { printf "%d", r / 2 }')
+    each_server run_single "fan-out at $common msg/s (50% of node's max)" fanout --rate "$common"
+  fi
+fi
+if wants channels; then
+  each_server run_single "100 channels, 10 pub -> 1000 sub" channels
+fi
+if wants longpoll; then
+  each_server run_single "long-polling fan-out 1->100" longpoll
+fi
+if wants idle; then
+  each_server run_single "idle websocket clients" idle --subscribers "$IDLE_CLIENTS" --source-addrs 16
+fi
+if wants redis; then
+  each_server run_redis "redis: fan-out 1->100, one node" 1
+fi
+if wants redis-2nodes; then
+  each_server run_redis "redis: fan-out, sub node A, pub node B" 2
+fi
+
+echo
+echo "== rustc processes running at the end: $(pgrep -c rustc || true) (figures taken while others compile are skewed)"
+echo
+"$LOADGEN" report "$RESULTS" | tee "$OUT/table.md"
