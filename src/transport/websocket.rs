@@ -134,6 +134,15 @@ where
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "websocket read failed");
+                // Tell a peer that broke the protocol why, as Faye's websocket driver does.
+                let code = match &e {
+                    tungstenite::Error::Utf8(_) => Some(CloseCode::Invalid),
+                    tungstenite::Error::Protocol(_) => Some(CloseCode::Protocol),
+                    _ => None,
+                };
+                if let Some(code) = code {
+                    let _ = close_tx.try_send(CloseFrame { code, reason: "protocol error".into() });
+                }
                 break;
             }
         };
