@@ -65,8 +65,8 @@ LOADGEN_EXE=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/
   grep '"name":"loadgen"' | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
 [ -x "$LOADGEN_EXE" ] || { echo "bench-compare: could not find the loadgen executable" >&2; exit 1; }
 # Private copies: a concurrent build in target/ cannot swap the binaries mid-run.
-cp target/release/actioncluster "$OUT/bin/actioncluster"
-cp "$LOADGEN_EXE" "$OUT/bin/loadgen"
+cp target/release/actioncluster "$OUT/bin/actioncluster.new" && mv -f "$OUT/bin/actioncluster.new" "$OUT/bin/actioncluster"
+cp "$LOADGEN_EXE" "$OUT/bin/loadgen.new" && mv -f "$OUT/bin/loadgen.new" "$OUT/bin/loadgen"
 OURS_BIN=$OUT/bin/actioncluster
 LOADGEN=$OUT/bin/loadgen
 

@@ -115,6 +115,14 @@ struct SubReport {
     unexpected: u64,
 }
 
+/// `LOADGEN_SLOW_MS=N`: print every delivery slower than N ms (to find stalls in time).
+fn slow_threshold_us() -> Option<u64> {
+    static SLOW: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *SLOW.get_or_init(|| {
+        std::env::var("LOADGEN_SLOW_MS").ok().and_then(|v| v.parse::<f64>().ok()).map(|ms| (ms * 1000.0) as u64)
+    })
+}
+
 /// Counts what arrives at one subscriber.
 struct SubCore {
     shared: Arc<Shared>,
@@ -187,7 +195,20 @@ impl SubCore {
         self.per_publisher[p] += 1;
         self.seen[p].record(stamp.s);
         if stamp.t >= start && stamp.t < end {
-            self.histogram.saturating_record(now.saturating_sub(stamp.t).max(1));
+            let latency = now.saturating_sub(stamp.t).max(1);
+            if let Some(slow) = slow_threshold_us()
+                && latency > slow
+            {
+                eprintln!(
+                    "slow: sent at {:.3} s, publisher {} seq {} channel {}: {:.3} ms",
+                    stamp.t as f64 / 1e6,
+                    stamp.p,
+                    stamp.s,
+                    stamp.c,
+                    latency as f64 / 1e3
+                );
+            }
+            self.histogram.saturating_record(latency);
         }
     }
 
