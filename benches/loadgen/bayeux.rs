@@ -54,6 +54,44 @@ pub fn parse(text: &str) -> Result<Vec<Incoming<'_>>, serde_json::Error> {
     }
 }
 
+/// Reads a frame or reply body of the generator's own shape without a JSON parser: deliveries
+/// whose `data` starts with the stamp fields in the order the generator wrote them (servers
+/// relay `data` verbatim or re-serialize it in key order), and successful connect replies.
+/// Pushes the stamps and returns whether a connect reply was seen; `None` when the text holds
+/// anything else (an error, another meta reply, another shape), for the full parser to read.
+pub fn scan(text: &str, stamps: &mut Vec<Stamp>) -> Option<bool> {
+    if text.contains("\"successful\":false") || text.contains("\"error\"") {
+        return None;
+    }
+    let connect = text.contains("\"channel\":\"/meta/connect\"");
+    let before = stamps.len();
+    let mut rest = text;
+    while let Some(i) = rest.find(STAMP) {
+        let after = &rest[i + STAMP.len()..];
+        let (p, after) = number(after)?;
+        let (c, after) = number(after.strip_prefix(",\"c\":")?)?;
+        let (s, after) = number(after.strip_prefix(",\"s\":")?)?;
+        let (t, after) = number(after.strip_prefix(",\"t\":")?)?;
+        stamps.push(Stamp { p: u32::try_from(p).ok()?, c: u32::try_from(c).ok()?, s, t });
+        rest = after;
+    }
+    // Every message has a channel: any message besides these deliveries and the connect
+    // reply is something this fast path does not understand.
+    let messages = text.matches("\"channel\":").count();
+    if messages != stamps.len() - before + usize::from(connect) {
+        stamps.truncate(before);
+        return None;
+    }
+    Some(connect)
+}
+
+const STAMP: &str = "\"data\":{\"p\":";
+
+fn number(text: &str) -> Option<(u64, &str)> {
+    let end = text.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(text.len());
+    Some((text[..end].parse().ok()?, &text[end..]))
+}
+
 pub fn handshake() -> String {
     r#"[{"channel":"/meta/handshake","version":"1.0","supportedConnectionTypes":["websocket","long-polling"],"id":"1"}]"#
         .to_string()

@@ -131,6 +131,8 @@ struct SubCore {
     seen: Vec<Seen>,
     unexpected: u64,
     per_publisher: Vec<u64>,
+    /// Reused for each frame's stamps.
+    stamps: Vec<Stamp>,
 }
 
 impl SubCore {
@@ -143,30 +145,40 @@ impl SubCore {
             seen: (0..n).map(|_| Seen::default()).collect(),
             unexpected: 0,
             per_publisher: vec![0; n],
+            stamps: Vec::new(),
         }
     }
 
     /// Records the messages of one frame or reply body; true when it held a connect reply.
     fn on_text(&mut self, text: &str) -> Result<bool, String> {
-        let messages = bayeux::parse(text).map_err(|e| format!("unparsable frame: {e}: {text:.200}"))?;
-        let now = now_us();
-        let mut connect_reply = false;
-        let (mut delivered, mut in_window) = (0u64, 0u64);
-        let (start, end) = (self.shared.window_start.load(Relaxed), self.shared.window_end.load(Relaxed));
-        for message in &messages {
-            if let Some(stamp) = message.delivery() {
-                delivered += 1;
-                if now >= start && now < end {
-                    in_window += 1;
+        let mut stamps = std::mem::take(&mut self.stamps);
+        stamps.clear();
+        let connect_reply = match bayeux::scan(text, &mut stamps) {
+            Some(connect_reply) => connect_reply,
+            None => {
+                let messages = bayeux::parse(text).map_err(|e| format!("unparsable frame: {e}: {text:.200}"))?;
+                let mut connect_reply = false;
+                for message in &messages {
+                    if let Some(stamp) = message.delivery() {
+                        stamps.push(stamp);
+                    } else if message.channel() == "/meta/connect" {
+                        if message.successful != Some(true) {
+                            return Err(format!("connect refused: {}", message.error.as_deref().unwrap_or("?")));
+                        }
+                        connect_reply = true;
+                    }
                 }
-                self.record(stamp, now, start, end);
-            } else if message.channel() == "/meta/connect" {
-                if message.successful != Some(true) {
-                    return Err(format!("connect refused: {}", message.error.as_deref().unwrap_or("?")));
-                }
-                connect_reply = true;
+                connect_reply
             }
+        };
+        let now = now_us();
+        let (start, end) = (self.shared.window_start.load(Relaxed), self.shared.window_end.load(Relaxed));
+        let delivered = stamps.len() as u64;
+        let in_window = if now >= start && now < end { delivered } else { 0 };
+        for stamp in &stamps {
+            self.record(*stamp, now, start, end);
         }
+        self.stamps = stamps;
         if delivered > 0 {
             self.shared.delivered_total.fetch_add(delivered, Relaxed);
             if in_window > 0 {
