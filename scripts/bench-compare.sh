@@ -84,7 +84,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# wait_line FILE PATTERN PID: waits (15 s at most) for the server's ready line; prints the URL.
+# wait_url FILE PID: waits (15 s at most) for the server's ready line; prints the URL.
 wait_url() {
   local file=$1 pid=$2
   for _ in $(seq 1 150); do
@@ -171,7 +171,7 @@ run_redis() {
   local server=$1 label=$2 nodes=$3
   start_redis "redis-$nodes-$server"
   start_server "$server" "redis$nodes-a-$server" "$REDIS_URL"
-  local url_a=$SERVER_URL pid_a=$SERVER_PID url_b=$SERVER_URL pids=("$SERVER_PID")
+  local url_a=$SERVER_URL url_b=$SERVER_URL pids=("$SERVER_PID")
   if [ "$nodes" = 2 ]; then
     start_server "$server" "redis$nodes-b-$server" "$REDIS_URL"
     url_b=$SERVER_URL
@@ -180,7 +180,6 @@ run_redis() {
   loadgen fanout --url "$url_a" --pub-url "$url_b" "${pids[@]/#/--server-pid=}" --redis-pid "$REDIS_PID" \
     --server "$server" --label "$label" || echo "bench-compare: $label [$server] failed" >&2
   stop "${pids[@]}" "$REDIS_PID"
-  unset pid_a
 }
 
 each_server() { # each_server FUNCTION ARGS...: runs it for ours, then node
