@@ -30,6 +30,9 @@ const WRITE_QUEUE: usize = 16;
 /// keep the task and its frames alive.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
 
+/// Initial read and write buffer of each websocket.
+const SOCKET_BUFFER_BYTES: usize = 4096;
+
 static NEXT_SOCKET_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A unique id for a persistent connection (websocket or EventSource).
@@ -67,7 +70,13 @@ pub(crate) fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let limit = shared.settings.max_body_bytes;
-                let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
+                // Small per-socket buffers: an idle connection should cost kilobytes, not the
+                // 128 KiB tungstenite allocates by default (they grow for large messages).
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(SOCKET_BUFFER_BYTES)
+                    .write_buffer_size(SOCKET_BUFFER_BYTES)
+                    .max_message_size(Some(limit))
+                    .max_frame_size(Some(limit));
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
                 run(shared, ws, ctx).await;
                 drop(slot); // the websocket no longer counts against max_connections
