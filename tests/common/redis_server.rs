@@ -38,7 +38,7 @@ impl RedisServer {
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("actioncluster-redis-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        for _ in 0..5 {
+        for _ in 0..10 {
             let mut server = Self { child: None, port: free_port(), dir: dir.clone(), durable };
             if server.spawn().await {
                 return server;
@@ -48,6 +48,10 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) -> bool {
+        // A failed earlier attempt's drop removes the directory: make sure it exists.
+        if std::fs::create_dir_all(&self.dir).is_err() {
+            return false;
+        }
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")
             .arg(self.port.to_string())
