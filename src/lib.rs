@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod node;
+mod periodic;
 pub mod protocol;
 pub mod redis_conn;
 pub mod server;

@@ -411,15 +411,9 @@ impl Cluster {
     /// drops expired mailboxes. Stops when `shutdown` is cancelled.
     pub fn start(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        let period = self.ctx.settings.sweeper_interval.max(Duration::from_millis(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
+        crate::periodic::every(self.ctx.settings.sweeper_interval, shutdown, move || {
+            let this = this.clone();
+            async move {
                 match this.cache.sweep().await {
                     Ok(removed) if !removed.is_empty() => {
                         tracing::debug!(removed = removed.len(), "cache sweeper removed expired entries");
@@ -428,6 +422,7 @@ impl Cluster {
                     Err(e) => tracing::warn!(error = %e, "cache sweep failed; retrying next interval"),
                 }
                 this.web_messages.purge_expired();
+                true
             }
         })
     }

@@ -125,18 +125,12 @@ impl Engine for MemoryEngine {
     fn start(&self, shutdown: CancellationToken) {
         let inner = Arc::downgrade(&self.inner);
         let period = (self.inner.expire_after / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                match inner.upgrade() {
-                    Some(inner) => inner.expire(),
-                    None => return,
-                }
+        crate::periodic::every(period, shutdown, move || {
+            let inner = inner.upgrade();
+            async move {
+                let Some(inner) = inner else { return false };
+                inner.expire();
+                true
             }
         });
     }
@@ -164,11 +158,6 @@ impl Engine for MemoryEngine {
             e.last_seen = Instant::now();
         }
         Ok(())
-    }
-
-    async fn subscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
-        let outcome = self.subscribe_limited(client_id, channel, usize::MAX).await?;
-        Ok(outcome == SubscribeOutcome::Added)
     }
 
     async fn subscribe_limited(

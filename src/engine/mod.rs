@@ -127,8 +127,10 @@ pub trait Engine: Send + Sync + 'static {
     async fn client_exists(&self, client_id: &str) -> Result<bool, EngineError>;
     /// Marks the client as seen now, postponing its expiry.
     async fn ping(&self, client_id: &str) -> Result<(), EngineError>;
-    /// Subscribes; true if the subscription is new.
-    async fn subscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError>;
+    /// Subscribes without a limit; true if the subscription is new.
+    async fn subscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
+        Ok(self.subscribe_limited(client_id, channel, usize::MAX).await? == SubscribeOutcome::Added)
+    }
     /// Subscribes unless the client already holds `max` subscriptions (re-subscribing to a
     /// channel it holds is not refused). Engines check and add in one step.
     async fn subscribe_limited(

@@ -129,30 +129,6 @@ impl Inner {
         Ok(existed)
     }
 
-    /// Adds (or removes) the client to the channel's set and the channel to the client's, in
-    /// one MULTI; true when the client's own set changed (faye-redis's event rule).
-    async fn membership(&self, client_id: &str, channel: &str, add: bool) -> Result<bool, EngineError> {
-        let (own, members) = (self.keys.client_channels(client_id), self.keys.channel(channel));
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if add {
-            pipe.sadd(own, channel).sadd(members, client_id);
-        } else {
-            pipe.srem(own, channel).srem(members, client_id);
-        }
-        let (changed, _): (i64, i64) = self.check(pipe.query_async(&mut self.con()).await)?;
-        if changed == 1
-            && let Some(o) = self.observer.get()
-        {
-            if add {
-                o.subscribed(client_id, channel);
-            } else {
-                o.unsubscribed(client_id, channel);
-            }
-        }
-        Ok(changed == 1)
-    }
-
     /// One garbage collection pass under faye-redis's lock, so node.js and Rust nodes never
     /// collect the same clients at once.
     async fn gc(&self) -> Result<usize, EngineError> {
@@ -227,19 +203,14 @@ impl Engine for RedisEngine {
     fn start(&self, shutdown: CancellationToken) {
         tokio::spawn(listener::run(Arc::downgrade(&self.inner), shutdown.clone()));
         let inner = Arc::downgrade(&self.inner);
-        let period = self.inner.gc_interval;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                let Some(inner) = inner.upgrade() else { return };
+        crate::periodic::every(self.inner.gc_interval, shutdown, move || {
+            let inner = inner.upgrade();
+            async move {
+                let Some(inner) = inner else { return false };
                 if let Err(e) = inner.gc().await {
                     tracing::debug!(error = %e, "garbage collection skipped");
                 }
+                true
             }
         });
     }
@@ -282,10 +253,6 @@ impl Engine for RedisEngine {
         self.inner.check(r).map(|_| ())
     }
 
-    async fn subscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
-        self.inner.membership(client_id, channel, true).await
-    }
-
     async fn subscribe_limited(
         &self,
         client_id: &str,
@@ -313,7 +280,20 @@ impl Engine for RedisEngine {
     }
 
     async fn unsubscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
-        self.inner.membership(client_id, channel, false).await
+        let (removed, _): (i64, i64) = self.inner.check(
+            redis::pipe()
+                .atomic()
+                .srem(self.inner.keys.client_channels(client_id), channel)
+                .srem(self.inner.keys.channel(channel), client_id)
+                .query_async(&mut self.inner.con())
+                .await,
+        )?;
+        if removed == 1
+            && let Some(o) = self.inner.observer.get()
+        {
+            o.unsubscribed(client_id, channel);
+        }
+        Ok(removed == 1)
     }
 
     async fn publish(&self, envelope: SharedEnvelope) -> Result<(), EngineError> {
