@@ -252,8 +252,8 @@ impl Cache {
         Self { ctx }
     }
 
-    fn node(&self) -> &str {
-        &self.ctx.node_id
+    fn node(&self) -> std::sync::Arc<str> {
+        self.ctx.node_id()
     }
 
     /// Stores `value` under `key`, replacing any entry; `ttl_ms` sets the expiry (a negative
@@ -264,7 +264,7 @@ impl Cache {
             Backend::Memory(m) => {
                 let now = m.clock.now_ms();
                 let mut cache = guard(&m.cache);
-                if cache.locked_by_other(key, self.node(), now) {
+                if cache.locked_by_other(key, &*self.node(), now) {
                     return Err(ClusterError::Locked);
                 }
                 let entry =
@@ -281,7 +281,7 @@ impl Cache {
                         .key(r.keys.cache_lock(key))
                         .key(r.keys.stats())
                         .arg(key)
-                        .arg(self.node())
+                        .arg(&*self.node())
                         .arg(json)
                         .arg(ttl)
                         .arg(CACHED_OBJECTS)
@@ -374,7 +374,7 @@ impl Cache {
             Backend::Memory(m) => {
                 let now = m.clock.now_ms();
                 let mut cache = guard(&m.cache);
-                if cache.locked_by_other(key, self.node(), now) {
+                if cache.locked_by_other(key, &*self.node(), now) {
                     return Err(ClusterError::Locked);
                 }
                 let existed = cache.entries.remove(key).is_some();
@@ -390,7 +390,7 @@ impl Cache {
                         .key(r.keys.cache_lock(key))
                         .key(r.keys.stats())
                         .arg(key)
-                        .arg(self.node())
+                        .arg(&*self.node())
                         .arg(CACHED_OBJECTS)
                         .invoke_async(&mut r.con())
                         .await,
@@ -487,7 +487,7 @@ impl Cache {
             Backend::Memory(m) => {
                 let now = m.clock.now_ms();
                 let mut cache = guard(&m.cache);
-                if cache.locked_by_other(key, self.node(), now) {
+                if cache.locked_by_other(key, &*self.node(), now) {
                     false
                 } else {
                     cache.locks.insert(key.to_string(), (self.node().to_string(), now.saturating_add(ttl_ms)));
@@ -496,7 +496,7 @@ impl Cache {
             }
             Backend::Redis(r) => {
                 let answer: i64 = r.check(
-                    LOCK.key(r.keys.cache_lock(key)).arg(self.node()).arg(ttl_ms).invoke_async(&mut r.con()).await,
+                    LOCK.key(r.keys.cache_lock(key)).arg(&*self.node()).arg(ttl_ms).invoke_async(&mut r.con()).await,
                 )?;
                 answer == 1
             }
@@ -511,7 +511,7 @@ impl Cache {
             Backend::Memory(m) => {
                 let now = m.clock.now_ms();
                 let mut cache = guard(&m.cache);
-                let ours = cache.locks.get(key).is_some_and(|(owner, until)| *until > now && owner == self.node());
+                let ours = cache.locks.get(key).is_some_and(|(owner, until)| *until > now && *owner == *self.node());
                 if ours {
                     cache.locks.remove(key);
                 }
@@ -519,7 +519,7 @@ impl Cache {
             }
             Backend::Redis(r) => {
                 let answer: i64 =
-                    r.check(UNLOCK.key(r.keys.cache_lock(key)).arg(self.node()).invoke_async(&mut r.con()).await)?;
+                    r.check(UNLOCK.key(r.keys.cache_lock(key)).arg(&*self.node()).invoke_async(&mut r.con()).await)?;
                 answer == 1
             }
         };
@@ -547,13 +547,13 @@ impl Cache {
         match &self.ctx.backend {
             Backend::Memory(m) => {
                 let now = m.clock.now_ms();
-                Ok(!guard(&m.cache).locked_by_other(key, self.node(), now))
+                Ok(!guard(&m.cache).locked_by_other(key, &*self.node(), now))
             }
             Backend::Redis(r) => {
                 let mut con = r.con();
                 let owner: Option<String> =
                     r.check(redis::cmd("GET").arg(r.keys.cache_lock(key)).query_async(&mut con).await)?;
-                Ok(owner.is_none_or(|o| o == self.node()))
+                Ok(owner.is_none_or(|o| o == &*self.node()))
             }
         }
     }
@@ -565,7 +565,7 @@ impl Cache {
     pub async fn increment(&self, key: &str, delta: impl Into<Numeric>) -> Result<Numeric, ClusterError> {
         let delta = delta.into().validate()?;
         let result = match &self.ctx.backend {
-            Backend::Memory(m) => increment_memory(m, self.node(), key, delta)?,
+            Backend::Memory(m) => increment_memory(m, &*self.node(), key, delta)?,
             Backend::Redis(r) => {
                 let answer: Vec<String> = r.check(
                     INCREMENT
@@ -573,7 +573,7 @@ impl Cache {
                         .key(r.keys.cache_lock(key))
                         .key(r.keys.stats())
                         .arg(key)
-                        .arg(self.node())
+                        .arg(&*self.node())
                         .arg(delta.redis_text())
                         .arg(CACHED_OBJECTS)
                         .invoke_async(&mut r.con())

@@ -51,6 +51,59 @@ impl Keys {
     pub(crate) fn web_messages(&self, connection_id: &str) -> String {
         format!("{}webMessages:{connection_id}", self.prefix)
     }
+
+    /// The prefix itself: scripts that compute per-node keys (§C1.7) get it as an argument.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// List of member node ids (raw).
+    pub(crate) fn peers(&self) -> String {
+        format!("{}peers", self.prefix)
+    }
+
+    /// Hash node id → last ping (redis time, ms): the membership test.
+    pub(crate) fn peer_pings(&self) -> String {
+        format!("{}peerPings", self.prefix)
+    }
+
+    /// List of the connection ids in one room (the seed's `roomMembers-{room}` spelling).
+    pub(crate) fn room_members(&self, room: &str) -> String {
+        format!("{}roomMembers-{room}", self.prefix)
+    }
+
+    /// Hash connection id → room, of the memberships one node recorded.
+    pub(crate) fn room_index(&self, node_id: &str) -> String {
+        format!("{}roomIndex:{}", self.prefix, node_key_part(node_id))
+    }
+
+    /// `tasks:{suffix}` keys: `global`, `delayed`, `data`, `processing`, `failed`, `workerStatus`.
+    pub(crate) fn tasks(&self, suffix: &str) -> String {
+        format!("{}tasks:{suffix}", self.prefix)
+    }
+
+    /// Ready queue of tasks for one node only.
+    pub(crate) fn node_tasks(&self, node_id: &str) -> String {
+        format!("{}tasks:{}", self.prefix, node_key_part(node_id))
+    }
+}
+
+/// Task key suffixes a node id (after `:`→`-`) must not equal (§C1.4).
+pub(crate) const RESERVED_TASK_SUFFIXES: [&str; 6] = ["global", "delayed", "data", "processing", "failed", "workerStatus"];
+
+/// Why a node id cannot be used, or `None` when it can (§C1.4).
+pub(crate) fn invalid_node_id(node_id: &str) -> Option<String> {
+    let part = node_key_part(node_id);
+    if node_id.is_empty() {
+        return Some("node id is empty".to_string());
+    }
+    if RESERVED_TASK_SUFFIXES.contains(&part.as_str()) || part.starts_with("idempotency:") {
+        return Some(format!("node id {node_id:?} collides with a task key name"));
+    }
+    if node_id.contains('#') || node_id.chars().any(char::is_whitespace) {
+        return Some(format!("node id {node_id:?} may not contain '#' or whitespace"));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -66,5 +119,20 @@ mod tests {
         assert_eq!(k.node_stats("10.0.0.5:8080"), "actionHero:stats:10.0.0.5-8080");
         assert_eq!(k.web_messages("abc"), "actionHero:webMessages:abc");
         assert_eq!(Keys::new("x:").cache(), "x:cache");
+        assert_eq!(k.peers(), "actionHero:peers");
+        assert_eq!(k.peer_pings(), "actionHero:peerPings");
+        assert_eq!(k.room_members("lobby"), "actionHero:roomMembers-lobby");
+        assert_eq!(k.room_index("h:1"), "actionHero:roomIndex:h-1");
+        assert_eq!(k.tasks("global"), "actionHero:tasks:global");
+        assert_eq!(k.node_tasks("10.0.0.5:8080:7"), "actionHero:tasks:10.0.0.5-8080-7");
+    }
+
+    #[test]
+    fn node_ids_that_collide_with_task_keys_are_refused() {
+        assert!(invalid_node_id("global").is_some());
+        assert!(invalid_node_id("workerStatus").is_some());
+        assert!(invalid_node_id("").is_some());
+        assert!(invalid_node_id("a#1").is_some());
+        assert!(invalid_node_id("host:8080:12:ab3f").is_none());
     }
 }

@@ -24,7 +24,7 @@ use crate::telemetry::Metrics;
 use keys::Keys;
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -290,9 +290,27 @@ pub(crate) enum Backend {
 
 /// What every layer handle shares: the node id, the backend and the settings.
 pub(crate) struct Ctx {
-    pub(crate) node_id: String,
+    /// The current node id. It changes when an evicted node re-joins under a new
+    /// incarnation (§C2.4), so layers read it per operation.
+    node_id: RwLock<Arc<str>>,
     pub(crate) backend: Backend,
     pub(crate) settings: ClusterSettings,
+}
+
+impl Ctx {
+    pub(crate) fn new(node_id: String, backend: Backend, settings: ClusterSettings) -> Self {
+        Self { node_id: RwLock::new(node_id.into()), backend, settings }
+    }
+
+    /// This node's id as of now.
+    pub(crate) fn node_id(&self) -> Arc<str> {
+        self.node_id.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Switches to a new id (a re-join under a new incarnation).
+    pub(crate) fn set_node_id(&self, id: &str) {
+        *self.node_id.write().unwrap_or_else(PoisonError::into_inner) = id.into();
+    }
 }
 
 /// A node's handle on the cluster layers. Cheap to clone.
@@ -310,7 +328,7 @@ impl std::fmt::Debug for Cluster {
             Backend::Memory(_) => "memory".to_string(),
             Backend::Redis(r) => r.url.clone(),
         };
-        f.debug_struct("Cluster").field("node_id", &self.ctx.node_id).field("backend", &backend).finish()
+        f.debug_struct("Cluster").field("node_id", &self.ctx.node_id()).field("backend", &backend).finish()
     }
 }
 
@@ -333,7 +351,7 @@ impl Cluster {
     /// [`Cluster::memory`] with explicit settings.
     pub fn memory_with(node_id: impl Into<String>, settings: ClusterSettings) -> Self {
         let state = MemoryState { clock: settings.clock.clone(), ..MemoryState::default() };
-        Self::from_ctx(Ctx { node_id: node_id.into(), backend: Backend::Memory(Arc::new(state)), settings })
+        Self::from_ctx(Ctx::new(node_id.into(), Backend::Memory(Arc::new(state)), settings))
     }
 
     /// A cluster on redis (`redis://host:port/db`, …) with keys under `prefix`.
@@ -368,22 +386,18 @@ impl Cluster {
             healthy: AtomicBool::new(true),
         };
         tracing::debug!(url = %endpoint.url(), %node_id, prefix = %settings.prefix, "cluster layers on redis");
-        Ok(Self::from_ctx(Ctx { node_id, backend: Backend::Redis(Arc::new(backend)), settings }))
+        Ok(Self::from_ctx(Ctx::new(node_id, Backend::Redis(Arc::new(backend)), settings)))
     }
 
     /// Another handle on the same storage (memory state or redis connection) acting as a
     /// different node: how one process plays several nodes, e.g. in tests.
     pub fn sibling(&self, node_id: impl Into<String>) -> Self {
-        Self::from_ctx(Ctx {
-            node_id: node_id.into(),
-            backend: self.ctx.backend.clone(),
-            settings: self.ctx.settings.clone(),
-        })
+        Self::from_ctx(Ctx::new(node_id.into(), self.ctx.backend.clone(), self.ctx.settings.clone()))
     }
 
-    /// This node's id (raw, with its `:`s).
-    pub fn node_id(&self) -> &str {
-        &self.ctx.node_id
+    /// This node's current id (raw, with its `:`s); a new incarnation after an eviction.
+    pub fn node_id(&self) -> Arc<str> {
+        self.ctx.node_id()
     }
 
     /// True when the layers live in redis, false for the memory backend.

@@ -99,13 +99,13 @@ impl Stats {
     pub async fn increment(&self, key: &str, delta: impl Into<Numeric>) -> Result<(), ClusterError> {
         let delta = delta.into().validate()?;
         match &self.ctx.backend {
-            Backend::Memory(m) => guard(&m.stats).add(&self.ctx.node_id, key, delta)?,
+            Backend::Memory(m) => guard(&m.stats).add(&self.ctx.node_id(), key, delta)?,
             Backend::Redis(r) => {
                 let integer = if matches!(delta, Numeric::Int(_)) { "1" } else { "0" };
                 let answer: String = r.check(
                     INCREMENT
                         .key(r.keys.stats())
-                        .key(r.keys.node_stats(&self.ctx.node_id))
+                        .key(r.keys.node_stats(&self.ctx.node_id()))
                         .arg(key)
                         .arg(delta.redis_text())
                         .arg(integer)
@@ -127,13 +127,13 @@ impl Stats {
         let value = value.into().validate()?;
         match &self.ctx.backend {
             Backend::Memory(m) => {
-                guard(&m.stats).nodes.entry(self.ctx.node_id.clone()).or_default().insert(key.to_string(), value);
+                guard(&m.stats).nodes.entry(self.ctx.node_id().to_string()).or_default().insert(key.to_string(), value);
             }
             Backend::Redis(r) => {
                 let mut con = r.con();
                 let () = r.check(
                     redis::cmd("HSET")
-                        .arg(r.keys.node_stats(&self.ctx.node_id))
+                        .arg(r.keys.node_stats(&self.ctx.node_id()))
                         .arg(key)
                         .arg(value.redis_text())
                         .query_async(&mut con)
@@ -151,7 +151,7 @@ impl Stats {
     pub async fn get(&self, key: &str, scope: Scope) -> Result<Option<Numeric>, ClusterError> {
         match scope {
             Scope::Node(id) => self.get_node(key, &id).await,
-            Scope::Cluster => self.get_across(key, &[self.ctx.node_id.as_str()]).await,
+            Scope::Cluster => self.get_across(key, &[&*self.ctx.node_id()]).await,
         }
     }
 
@@ -205,14 +205,15 @@ impl Stats {
     /// numeric values; global counts only this node as live (see
     /// [`get_all_across`](Stats::get_all_across)).
     pub async fn get_all(&self) -> Result<Value, ClusterError> {
-        self.get_all_across(&[self.ctx.node_id.as_str()]).await
+        self.get_all_across(&[&*self.ctx.node_id()]).await
     }
 
     /// [`get_all`](Stats::get_all) with gauges summed over `live_nodes`. A name that is also
     /// the prefix of another (`a` and `a:b`) keeps its flat form for the longer one; a field
     /// that is not a number is reported and left out.
     pub async fn get_all_across(&self, live_nodes: &[&str]) -> Result<Value, ClusterError> {
-        let own = self.ctx.node_id.as_str();
+        let own_id = self.ctx.node_id();
+        let own = &*own_id;
         let (cluster, local, per_node) = match &self.ctx.backend {
             Backend::Memory(m) => {
                 let stats = guard(&m.stats);
