@@ -27,6 +27,7 @@ pub use client::{
 pub use cluster::{
     Cache, CacheEntry, Cluster, ClusterError, ClusterSettings, MemoryClock, Numeric, Scope, Stats, WebMessages,
 };
+pub use cluster::{RoomAdd, RoomStatus, Rooms};
 pub use config::{Config, ConfigError};
 pub use node::{Node, NodeBuilder, NodeError};
 pub use protocol::{BayeuxError, Message};

@@ -11,11 +11,13 @@
 
 mod cache;
 mod keys;
+mod rooms;
 mod stats;
 mod web_messages;
 
 pub use cache::{Cache, CacheEntry};
 pub use keys::DEFAULT_PREFIX;
+pub use rooms::{RoomAdd, RoomStatus, Rooms};
 pub use stats::{Scope, Stats};
 pub use web_messages::WebMessages;
 
@@ -51,6 +53,10 @@ pub enum ClusterError {
     /// The feature is switched off (web messages without a TTL).
     #[error("Disabled")]
     Disabled,
+    /// A room add for a connection this node already holds in another room: one current
+    /// room per connection per node (§6.2); remove it from that room first.
+    #[error("Connection is in another room ({0})")]
+    InOtherRoom(String),
     /// An argument cannot be used (zero lock TTL, non-finite number).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -239,6 +245,7 @@ pub(crate) struct MemoryState {
     pub(crate) cache: Mutex<cache::MemoryCache>,
     pub(crate) stats: Mutex<stats::MemoryStats>,
     pub(crate) mailboxes: Mutex<web_messages::MemoryMailboxes>,
+    pub(crate) rooms: Mutex<rooms::MemoryRooms>,
 }
 
 /// The shared redis command connection and key names.
@@ -320,6 +327,7 @@ pub struct Cluster {
     cache: Cache,
     stats: Stats,
     web_messages: WebMessages,
+    rooms: Rooms,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -339,6 +347,7 @@ impl Cluster {
             cache: Cache::new(ctx.clone()),
             stats: Stats::new(ctx.clone()),
             web_messages: WebMessages::new(ctx.clone()),
+            rooms: Rooms::new(ctx.clone()),
             ctx,
         }
     }
@@ -418,6 +427,11 @@ impl Cluster {
     /// HTTP clients' mailboxes (§C8).
     pub fn web_messages(&self) -> &WebMessages {
         &self.web_messages
+    }
+
+    /// Chat room memberships (§C6).
+    pub fn rooms(&self) -> &Rooms {
+        &self.rooms
     }
 
     /// Starts the background work of this node: the cache sweeper (every
