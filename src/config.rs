@@ -4,6 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
+/// The server token a node uses unless configured: fine for a single node or a test, but every
+/// node of a production cluster sets its own shared secret (`--server-token`), because anyone
+/// who knows it can publish on the protected `/actionHero` channels.
+pub const DEFAULT_SERVER_TOKEN: &str = "not-a-secret-set-server-token";
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -62,6 +67,22 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Prefix of the cluster layers' redis keys (cache, stats, web messages).
     pub cluster_prefix: String,
+    /// Shared secret of the cluster's nodes: `/actionHero…` publishes must carry it (§C7.2)
+    /// and chat payloads without it are dropped. The same on every node; production sets it.
+    pub server_token: String,
+    /// This node's cluster id; `None` = `{host}:{port}:{pid}:{random}` (a new incarnation
+    /// per start). Must not collide with a task key name (checked at start).
+    pub node_id: Option<String>,
+    /// Task workers on this node (0 = this node runs no tasks but may enqueue).
+    pub task_workers: u32,
+    /// How often this node pings its membership.
+    pub peer_ping_interval: Duration,
+    /// A peer silent for longer is declared dead and its work recovered.
+    pub dead_after: Duration,
+    /// How long a graceful stop waits for running tasks; `None` waits forever.
+    pub task_shutdown_timeout: Option<Duration>,
+    /// Lifetime of HTTP clients' mailboxes after the last store; `None` disables them.
+    pub web_message_ttl: Option<Duration>,
 }
 
 impl Default for Config {
@@ -92,6 +113,13 @@ impl Default for Config {
             tls_key: None,
             shutdown_grace: Duration::from_secs(10),
             cluster_prefix: "actionHero:".to_string(),
+            server_token: DEFAULT_SERVER_TOKEN.to_string(),
+            node_id: None,
+            task_workers: 5,
+            peer_ping_interval: Duration::from_millis(1000),
+            dead_after: Duration::from_millis(5000),
+            task_shutdown_timeout: Some(Duration::from_secs(30)),
+            web_message_ttl: None,
         }
     }
 }
@@ -129,6 +157,15 @@ pub enum ConfigError {
     /// A CORS origin must be a non-empty header-safe value such as `https://example.com`.
     #[error("invalid CORS origin {0:?}")]
     CorsOriginInvalid(String),
+    /// The server token may not be empty.
+    #[error("server token must not be empty")]
+    ServerTokenEmpty,
+    /// The node id cannot be used as a cluster member id.
+    #[error("invalid node id: {0}")]
+    NodeIdInvalid(String),
+    /// A peer must ping more often than it is declared dead.
+    #[error("dead-after must be longer than the peer ping interval")]
+    DeadAfterTooShort,
 }
 
 impl Config {
@@ -139,6 +176,9 @@ impl Config {
         }
         if self.timeout.is_zero() {
             return Err(ConfigError::TimeoutZero);
+        }
+        if self.peer_ping_interval.is_zero() || self.dead_after <= self.peer_ping_interval {
+            return Err(ConfigError::DeadAfterTooShort);
         }
         if self.ping.is_some_and(|p| p.is_zero()) {
             return Err(ConfigError::PingZero);
@@ -151,6 +191,9 @@ impl Config {
         }
         if self.gc_interval.is_zero() {
             return Err(ConfigError::GcIntervalZero);
+        }
+        if self.server_token.is_empty() {
+            return Err(ConfigError::ServerTokenEmpty);
         }
         if self.max_body_bytes < 256 {
             return Err(ConfigError::BodyLimitTooSmall);

@@ -6,8 +6,10 @@
 //! (Bayeux processing, sessions, extensions) → `transport` (HTTP, websocket); `node` wires
 //! them from a [`Config`]. Beside them, `cluster` (cache, stats, web messages shared by the
 //! nodes, in memory or in redis) imports only `protocol`, `redis_conn` and `telemetry`.
+//! `chat` (rooms' delivery over `/actionHero/chat`) is node-level wiring beside `node`.
 #![forbid(unsafe_code)]
 
+pub mod chat;
 pub mod client;
 pub mod cluster;
 pub mod config;
@@ -28,10 +30,16 @@ pub use cluster::{
     Cache, CacheEntry, Cluster, ClusterError, ClusterSettings, MemoryClock, Numeric, Scope, Stats, WebMessages,
 };
 pub use cluster::{RoomAdd, RoomStatus, Rooms};
+pub use chat::{Chat, ChatConnection, ChatError, ChatPayload, ChatSender, RoomMatch};
+pub use cluster::{
+    EnqueueOptions, FailReason, FailedEntry, Inspection, PeerEvent, Target, TaskContext, TaskDefinition, TaskError,
+    TaskFailure, TaskRecord, TaskScope, TaskSettings, Tasks,
+};
 pub use config::{Config, ConfigError};
 pub use node::{Node, NodeBuilder, NodeError};
 pub use protocol::{BayeuxError, Message};
 pub use server::{Extension, RequestContext, Server, ServerEvent};
+pub use server::ProtectedChannels;
 
 /// The README's Rust examples, compiled as doc tests.
 #[doc = include_str!("../README.md")]

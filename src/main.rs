@@ -77,6 +77,29 @@ struct Args {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "ACTIONCLUSTER_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Shared secret of the cluster's nodes on /actionHero channels: the same on every node;
+    /// set it in production (the default is public).
+    #[arg(long, env = "ACTIONCLUSTER_SERVER_TOKEN", hide_env_values = true,
+          default_value = actioncluster::config::DEFAULT_SERVER_TOKEN)]
+    server_token: String,
+    /// Cluster node id (default `{host}:{port}:{pid}:{random}`, new per start).
+    #[arg(long, env = "ACTIONCLUSTER_NODE_ID")]
+    node_id: Option<String>,
+    /// Task workers on this node (0: enqueue only).
+    #[arg(long, env = "ACTIONCLUSTER_WORKERS", default_value_t = 5)]
+    workers: u32,
+    /// Seconds without a ping after which a peer is declared dead and its work recovered.
+    #[arg(long, env = "ACTIONCLUSTER_DEAD_AFTER", default_value_t = 5.0, value_parser = positive_secs)]
+    dead_after: f64,
+    /// Seconds between this node's membership pings.
+    #[arg(long, env = "ACTIONCLUSTER_PEER_PING", default_value_t = 1.0, value_parser = positive_secs)]
+    peer_ping: f64,
+    /// Seconds a graceful stop waits for running tasks (0: wait forever).
+    #[arg(long, env = "ACTIONCLUSTER_TASK_SHUTDOWN_TIMEOUT", default_value_t = 30.0, value_parser = non_negative_secs)]
+    task_shutdown_timeout: f64,
+    /// Seconds an HTTP client's web-message mailbox lives after the last store (unset: disabled).
+    #[arg(long, env = "ACTIONCLUSTER_WEB_MESSAGE_TTL", value_parser = positive_secs)]
+    web_message_ttl: Option<f64>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `actioncluster=debug`.
     #[arg(long, env = "ACTIONCLUSTER_LOG", default_value = "info")]
     log: String,
@@ -131,6 +154,14 @@ async fn main() -> ExitCode {
         tls_key: args.tls_key,
         namespace: args.namespace,
         gc_interval: Duration::from_secs_f64(args.gc_interval),
+        server_token: args.server_token,
+        node_id: args.node_id,
+        task_workers: args.workers,
+        dead_after: Duration::from_secs_f64(args.dead_after),
+        peer_ping_interval: Duration::from_secs_f64(args.peer_ping),
+        task_shutdown_timeout: (args.task_shutdown_timeout > 0.0)
+            .then(|| Duration::from_secs_f64(args.task_shutdown_timeout)),
+        web_message_ttl: args.web_message_ttl.map(Duration::from_secs_f64),
         ..Config::default()
     };
     let node = match Node::start(config).await {

@@ -1,7 +1,7 @@
 //! Wiring: builds the engine, server and transport from a [`Config`] and owns shutdown.
 
 use crate::client::{Client, ClientBuilder, InProcessServer};
-use crate::cluster::{Cluster, ClusterError, ClusterSettings};
+use crate::cluster::{Cluster, ClusterError, ClusterSettings, TaskDefinition, TaskSettings};
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
@@ -33,6 +33,9 @@ pub enum NodeError {
     /// The cluster layers could not be set up.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The node's chat could not start.
+    #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -48,12 +51,20 @@ pub enum NodeError {
 pub struct NodeBuilder {
     config: Config,
     extensions: Vec<Arc<dyn Extension>>,
+    tasks: Vec<TaskDefinition>,
 }
 
 impl NodeBuilder {
     /// Adds a server extension (applied in the order added).
     pub fn extension(mut self, extension: impl Extension) -> Self {
         self.extensions.push(Arc::new(extension));
+        self
+    }
+
+    /// Defines a task type on this node before its workers start (so a periodic one is
+    /// seeded at join).
+    pub fn task(mut self, definition: TaskDefinition) -> Self {
+        self.tasks.push(definition);
         self
     }
 
@@ -88,13 +99,37 @@ impl NodeBuilder {
                 .await?,
             ),
         };
-        // Node id `host:port`; the cluster layers turn its `:` into `-` inside keys.
-        let node_id = format!("{}:{}", config.host, local_addr.port());
-        let cluster_settings = ClusterSettings { prefix: config.cluster_prefix.clone(), ..ClusterSettings::default() };
+        // Node id `host:port:pid:incarnation` unless configured (§C1.4); the cluster layers
+        // turn its `:` into `-` inside keys.
+        let node_id = match &config.node_id {
+            Some(id) => id.clone(),
+            None => {
+                let suffix: String = (0..4).map(|_| char::from(b'a' + rand::random_range(0..26u8))).collect();
+                format!("{}:{}:{}:{suffix}", config.host, local_addr.port(), std::process::id())
+            }
+        };
+        if let Some(reason) = crate::cluster::invalid_node_id(&node_id) {
+            return Err(ConfigError::NodeIdInvalid(reason).into());
+        }
+        let cluster_settings = ClusterSettings {
+            prefix: config.cluster_prefix.clone(),
+            web_message_ttl: config.web_message_ttl,
+            tasks: TaskSettings {
+                workers: config.task_workers,
+                ping_interval: config.peer_ping_interval,
+                dead_after: config.dead_after,
+                shutdown_timeout: config.task_shutdown_timeout,
+                ..TaskSettings::default()
+            },
+            ..ClusterSettings::default()
+        };
         let cluster = match &config.redis_url {
             None => Cluster::memory_with(node_id, cluster_settings),
             Some(url) => Cluster::connect(url, node_id, cluster_settings, metrics.clone()).await?,
         };
+        // Every node guards the /actionHero channels with the cluster's token (§C7.2).
+        let protected: Arc<dyn Extension> = Arc::new(crate::server::ProtectedChannels::new(config.server_token.clone()));
+        let extensions: Vec<Arc<dyn Extension>> = std::iter::once(protected).chain(self.extensions).collect();
         let server = Server::new(
             engine.clone(),
             ServerSettings {
@@ -107,12 +142,24 @@ impl NodeBuilder {
                 forbid_wildcard_service: config.forbid_wildcard_service,
                 bind_client_ip: config.bind_client_ip,
             },
-            self.extensions,
+            extensions,
             shutdown.clone(),
             metrics,
         );
         engine.start(shutdown.clone());
+        for definition in self.tasks {
+            cluster.tasks().define(definition);
+        }
         cluster.start(shutdown.clone());
+        let chat_client = Client::in_process(Arc::new(LocalServer(server.clone())));
+        let chat = crate::chat::Chat::start(
+            server.clone(),
+            cluster.clone(),
+            chat_client,
+            config.server_token.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         transport::serve(
             listener,
             server.clone(),
@@ -133,7 +180,7 @@ impl NodeBuilder {
         );
         let engine_name = if config.redis_url.is_some() { "redis" } else { "memory" };
         tracing::info!(%local_addr, mount = %config.mount, engine = engine_name, "node started");
-        Ok(Node { config, local_addr, server, cluster, shutdown, tracker })
+        Ok(Node { config, local_addr, server, cluster, chat, shutdown, tracker })
     }
 }
 
@@ -144,6 +191,7 @@ pub struct Node {
     server: Server,
     cluster: Cluster,
     shutdown: CancellationToken,
+    chat: crate::chat::Chat,
     tracker: TaskTracker,
 }
 
@@ -155,7 +203,7 @@ impl Node {
 
     /// A builder, to add extensions before starting.
     pub fn builder(config: Config) -> NodeBuilder {
-        NodeBuilder { config, extensions: Vec::new() }
+        NodeBuilder { config, extensions: Vec::new(), tasks: Vec::new() }
     }
 
     /// The address actually bound.
@@ -196,6 +244,11 @@ impl Node {
         &self.cluster
     }
 
+    /// The node's chat: registered connections, rooms, broadcasts on `/actionHero/chat`.
+    pub fn chat(&self) -> &crate::chat::Chat {
+        &self.chat
+    }
+
     /// A token cancelled when the node begins to shut down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -205,6 +258,9 @@ impl Node {
     /// configured grace) for connections to finish.
     pub async fn shutdown(self) {
         tracing::info!("node shutting down");
+        // Leave the cluster first (running tasks finish or are handed back), then stop
+        // serving.
+        self.cluster.stop().await;
         self.shutdown.cancel();
         self.tracker.close();
         if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait()).await.is_err() {

@@ -13,12 +13,19 @@ mod cache;
 mod keys;
 mod rooms;
 mod stats;
+pub mod tasks;
 mod web_messages;
 
 pub use cache::{Cache, CacheEntry};
 pub use keys::DEFAULT_PREFIX;
+pub(crate) use keys::invalid_node_id;
 pub use rooms::{RoomAdd, RoomStatus, Rooms};
 pub use stats::{Scope, Stats};
+pub use tasks::runtime::PeerEvent;
+pub use tasks::{
+    EnqueueOptions, FailReason, FailedEntry, Inspection, Target, TaskContext, TaskDefinition, TaskError, TaskFailure,
+    TaskRecord, TaskScope, TaskSettings, Tasks,
+};
 pub use web_messages::WebMessages;
 
 use crate::redis_conn::{RedisConnError, RedisEndpoint, TimedConnection};
@@ -216,6 +223,8 @@ pub struct ClusterSettings {
     pub max_web_messages: Option<usize>,
     /// Clock of the memory backend (the redis backend uses redis `TIME`).
     pub clock: MemoryClock,
+    /// Task queue and membership settings.
+    pub tasks: TaskSettings,
 }
 
 impl Default for ClusterSettings {
@@ -227,6 +236,7 @@ impl Default for ClusterSettings {
             web_message_ttl: None,
             max_web_messages: None,
             clock: MemoryClock::new(),
+            tasks: TaskSettings::default(),
         }
     }
 }
@@ -245,6 +255,7 @@ pub(crate) struct MemoryState {
     pub(crate) cache: Mutex<cache::MemoryCache>,
     pub(crate) stats: Mutex<stats::MemoryStats>,
     pub(crate) mailboxes: Mutex<web_messages::MemoryMailboxes>,
+    pub(crate) tasks: Mutex<tasks::memory::MemoryTasks>,
     pub(crate) rooms: Mutex<rooms::MemoryRooms>,
 }
 
@@ -328,6 +339,8 @@ pub struct Cluster {
     stats: Stats,
     web_messages: WebMessages,
     rooms: Rooms,
+    tasks: Tasks,
+    runtime: Arc<tasks::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -343,7 +356,10 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     fn from_ctx(ctx: Ctx) -> Self {
         let ctx = Arc::new(ctx);
+        let tasks = Tasks::new(ctx.clone());
         Self {
+            runtime: Arc::new(tasks::runtime::Runtime::new(ctx.clone(), tasks.clone())),
+            tasks,
             cache: Cache::new(ctx.clone()),
             stats: Stats::new(ctx.clone()),
             web_messages: WebMessages::new(ctx.clone()),
@@ -434,10 +450,45 @@ impl Cluster {
         &self.rooms
     }
 
-    /// Starts the background work of this node: the cache sweeper (every
-    /// `sweeper_interval`, safe on every node at once) which, on the memory backend, also
-    /// drops expired mailboxes. Stops when `shutdown` is cancelled.
+    /// The task queue (§C3): define task types, enqueue, inspect, manage the dead letter.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// The live members (ids with a ping field), in join order (§C2.8).
+    pub async fn peers(&self) -> Result<Vec<String>, ClusterError> {
+        self.runtime.peers().await
+    }
+
+    /// True when `id` is a live member.
+    pub async fn is_alive(&self, id: &str) -> Result<bool, ClusterError> {
+        self.runtime.is_alive(id).await
+    }
+
+    /// Membership events seen by this node: joins, evictions, dead peers, leave.
+    pub fn peer_events(&self) -> tokio::sync::broadcast::Receiver<PeerEvent> {
+        self.runtime.events()
+    }
+
+    /// True once this node joined and until it leaves.
+    pub fn is_member(&self) -> bool {
+        self.runtime.is_member()
+    }
+
+    /// Graceful leave (§C2.7): workers stop claiming, running tasks get up to
+    /// `shutdown_timeout` (then cancellation and a grace), claims still held are handed
+    /// back, and the node's queue, statuses, stats, rooms and membership are removed.
+    pub async fn stop(&self) {
+        self.runtime.stop().await;
+    }
+
+    /// Starts the background work of this node: joining the cluster, the pinger, the
+    /// dead-peer check, delayed promotion, the task workers (§C2, §C3), and the cache
+    /// sweeper (every `sweeper_interval`, safe on every node at once) which, on the memory
+    /// backend, also drops expired mailboxes. Stops when `shutdown` is cancelled; call
+    /// [`stop`](Cluster::stop) first for a graceful leave.
     pub fn start(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        self.runtime.start(shutdown.clone());
         let this = self.clone();
         crate::periodic::every(self.ctx.settings.sweeper_interval, shutdown, move || {
             let this = this.clone();

@@ -6,6 +6,7 @@ mod disconnect;
 pub mod extension;
 mod handshake;
 mod limits;
+pub mod protected_channels;
 mod publish;
 pub mod session;
 mod subscribe;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use extension::{Extension, RequestContext};
+pub use protected_channels::ProtectedChannels;
 pub(crate) use session::Sessions;
 pub use session::{InFlight, OutFrame, SocketHandle};
 

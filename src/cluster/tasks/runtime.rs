@@ -347,6 +347,12 @@ impl Runtime {
                 }
             }
         };
+        if run_token.is_cancelled() && !matches!(outcome, Outcome::Ok) {
+            // Cancelled by a shutdown deadline or an eviction: the claim is handed back by
+            // the leave (or was already recovered), so this run is not a failure.
+            tracing::info!(task = %id, "run cancelled; its claim is handed back, not failed");
+            return;
+        }
         let mut delay = Duration::from_millis(100);
         loop {
             match self.complete(node, worker, &id, &token, &outcome).await {

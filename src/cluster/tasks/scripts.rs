@@ -476,9 +476,10 @@ local i = string.find(entry, ',"task":', 1, true)
 if not i then return 'corrupt' end
 local h, params = decode(string.sub(entry, i + 8, -2))
 if not h then return 'corrupt' end
+if not redis.call('LPOS', FAILED, entry) then return 'gone' end
 if redis.call('HEXISTS', DATA, h.id) == 1 then return 'exists' end
 if is_set(h.target) and not live(h.target) then return 'unknownNode' end
-if redis.call('LREM', FAILED, 1, entry) == 0 then return 'gone' end
+redis.call('LREM', FAILED, 1, entry)
 h.attempt = 0; h.bounces = 0; h.stopRequested = nil
 if h.fanOut == true then
   if fan_out(h, params) == 0 then
