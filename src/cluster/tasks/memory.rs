@@ -368,6 +368,9 @@ impl MemoryTasks {
         let Ok(mut h) = serde_json::from_str::<TaskRecord>(text) else {
             return "corrupt".to_string();
         };
+        if !self.failed.iter().any(|e| e == entry) {
+            return "gone".to_string();
+        }
         if self.data.contains_key(&h.id) {
             return "exists".to_string();
         }
@@ -376,9 +379,7 @@ impl MemoryTasks {
         {
             return "unknownNode".to_string();
         }
-        if !self.remove_failed(entry) {
-            return "gone".to_string();
-        }
+        self.remove_failed(entry);
         h.attempt = 0;
         h.bounces = 0;
         h.stop_requested = false;
@@ -1227,14 +1228,19 @@ mod tests {
         claim(&mut m, B, "tok");
         complete(&mut m, NOW, B, "t", "tok", Outcome::Error("x".into()));
         let raw = m.failed(0, -1).remove(0);
+        // A live task with the same id: the entry is kept.
+        ready(&mut m, rec("t"));
+        assert_eq!(m.retry_failed(NOW + 1, &raw), "exists");
+        assert_eq!(m.failed.len(), 1);
+        assert!(m.cancel("t"));
         assert_eq!(m.retry_failed(NOW + 1, &raw), "ok");
         let r = m.record("t").unwrap();
         assert_eq!((r.attempt, r.bounces, r.state.as_str()), (0, 0, "pending"));
+        assert_eq!(r.last_error.as_deref(), Some("x"));
         assert_eq!(r.queue, Some(local_queue(B)));
         assert!(r.params.get().contains("12345678901234567890"));
         assert!(m.failed.is_empty());
-        assert_eq!(m.retry_failed(NOW + 1, &raw), "exists");
-        m.cancel("t");
+        // The entry is gone, even though the id is live again.
         assert_eq!(m.retry_failed(NOW + 1, &raw), "gone");
         assert_eq!(m.retry_failed(NOW + 1, "{}"), "corrupt");
         assert_one_place(&m);
