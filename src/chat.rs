@@ -273,14 +273,16 @@ impl Chat {
     /// The connection also hears `room` (`listenToRoom`); `true` if it was not already.
     pub fn listen(&self, connection_id: &str, room: &str) -> Result<bool, ChatError> {
         let mut registry = self.registry();
-        let entry = registry.get_mut(connection_id).ok_or_else(|| ChatError::UnknownConnection(connection_id.into()))?;
+        let entry =
+            registry.get_mut(connection_id).ok_or_else(|| ChatError::UnknownConnection(connection_id.into()))?;
         Ok(entry.listening.insert(room.to_string()))
     }
 
     /// The connection stops hearing `room` (`silenceRoom`); `true` if it was listening.
     pub fn silence(&self, connection_id: &str, room: &str) -> Result<bool, ChatError> {
         let mut registry = self.registry();
-        let entry = registry.get_mut(connection_id).ok_or_else(|| ChatError::UnknownConnection(connection_id.into()))?;
+        let entry =
+            registry.get_mut(connection_id).ok_or_else(|| ChatError::UnknownConnection(connection_id.into()))?;
         Ok(entry.listening.remove(room))
     }
 
@@ -352,7 +354,7 @@ impl Chat {
     async fn receive(&self, delivery: &Delivery) {
         let raw = delivery.json();
         let token = raw.get("serverToken").and_then(Value::as_str);
-        if !token.is_some_and(|t| t == self.inner.token) {
+        if token.is_none_or(|t| t != self.inner.token) {
             let server_id = raw.get("serverId").and_then(Value::as_str).unwrap_or("unknown");
             self.inner.token_mismatches.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(server_id, "message token miss-match from {server_id}");
