@@ -109,11 +109,11 @@ async fn publishes_on_protected_channels_need_the_token_and_a_server_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn external_clients_cannot_subscribe_to_protected_channels() {
+async fn external_clients_cannot_subscribe_to_protected_channels_nor_read_them_through_root_wildcards() {
     let node = node(TOKEN, None).await;
     let addr = node.local_addr();
     let client_id = bayeux::handshake(addr).await;
-    for pattern in ["/actionHero/**", "/actionHero/*", "/**", "/*"] {
+    for pattern in ["/actionHero/**", "/actionHero/*", "/actionHero/chat/*"] {
         let reply = bayeux::subscribe_reply(addr, &client_id, json!(pattern)).await;
         assert_eq!(reply["successful"], json!(false), "{pattern}: {reply}");
         assert_eq!(reply["error"], json!(format!("403:{pattern}:actionHero does not allow wildcard subscriptions")));
@@ -122,8 +122,18 @@ async fn external_clients_cannot_subscribe_to_protected_channels() {
     assert_eq!(reply["successful"], json!(false), "one refused channel refuses the batch: {reply}");
     let reply = bayeux::subscribe_reply(addr, &client_id, json!("/actionHero/chat")).await;
     assert_eq!(reply["error"], json!("403:/actionHero/chat:Forbidden channel"), "payloads there carry the token");
-    let reply = bayeux::subscribe_reply(addr, &client_id, json!("/chat/**")).await;
-    assert_eq!(reply["successful"], json!(true), "{reply}");
+    for open in ["/chat/**", "/*"] {
+        let reply = bayeux::subscribe_reply(addr, &client_id, json!(open)).await;
+        assert_eq!(reply["successful"], json!(true), "{open}: {reply}");
+    }
+    // Faye's root wildcard stays open, but protected payloads (they carry the token) are
+    // published past it: a `/**` subscriber sees the marker that followed, not the chat.
+    let everything = bayeux::subscriber(addr, &["/**"]).await;
+    node.chat().broadcast("lobby", None, json!("secret-bearing"), None).await.unwrap();
+    publish(addr, "/actionHero/chat", json!({"serverToken": TOKEN, "serverId": "peer:1"})).await;
+    bayeux::publish(addr, "/marker", json!(1)).await;
+    let seen = bayeux::connect_messages(addr, &everything).await;
+    assert_eq!(bayeux::channels(&seen), ["/marker"], "{seen:?}");
     // In-process clients (the node's own) may.
     let local = node.client().build().await.unwrap();
     local.subscribe("/actionHero/**").await.unwrap();

@@ -5,10 +5,15 @@
 //!   to this node's configured token and a `data.serverId`; others are refused with
 //!   `403:{channel}:message token miss-match on protected actionHero channel`;
 //! - external (not in-process) clients may not subscribe there: a pattern with `*` under
-//!   `/actionHero`, or `/*` and `/**` which cover it, is refused with
-//!   `403:{pattern}:actionHero does not allow wildcard subscriptions`; an exact protected
-//!   channel with Faye's `403:{channel}:Forbidden channel`, because every payload there
-//!   carries the server token and a subscriber would learn it.
+//!   `/actionHero` is refused with `403:{pattern}:actionHero does not allow wildcard
+//!   subscriptions`; an exact protected channel with Faye's `403:{channel}:Forbidden
+//!   channel`, because every payload there carries the server token and a subscriber would
+//!   learn it.
+//! - The root wildcards `/**` and `/*` stay open (Faye clients use them), so instead the
+//!   server publishes `/actionHero…` messages without the `/**` expansion (as it does for
+//!   `forbid_wildcard_service`): root-wildcard subscribers, in-process ones included, never
+//!   receive them. (`/*` covers only the one-segment name `/actionHero`, which the nodes do
+//!   not use.)
 //!
 //! Every node installs it; the node's own publishes carry the token and pass.
 
@@ -81,13 +86,12 @@ impl ProtectedChannels {
 
     /// The refusal of one subscription by an external client, if refused.
     fn subscription_refusal(name: &str) -> Option<String> {
-        let wildcard = name.contains('*');
-        if wildcard && (is_protected(name) || name == "/*" || name == "/**") {
-            Some(refusal(name, WILDCARD_REFUSED))
-        } else if is_protected(name) {
-            Some(BayeuxError::channel_forbidden(name).to_string())
-        } else {
+        if !is_protected(name) {
             None
+        } else if name.contains('*') {
+            Some(refusal(name, WILDCARD_REFUSED))
+        } else {
+            Some(BayeuxError::channel_forbidden(name).to_string())
         }
     }
 }
@@ -171,7 +175,7 @@ mod tests {
 
     #[test]
     fn external_clients_cannot_subscribe_to_protected_channels() {
-        for pattern in ["/actionHero/**", "/actionHero/*", "/**", "/*", "/actionHero/chat/*"] {
+        for pattern in ["/actionHero/**", "/actionHero/*", "/actionHero/chat/*"] {
             assert_eq!(
                 verdict(&mut subscribe(pattern), false),
                 Some(format!("403:{pattern}:actionHero does not allow wildcard subscriptions")),
@@ -183,7 +187,9 @@ mod tests {
             verdict(&mut subscribe("/actionHero/chat"), false),
             Some("403:/actionHero/chat:Forbidden channel".into())
         );
-        assert_eq!(verdict(&mut subscribe("/chat/**"), false), None);
+        for open in ["/chat/**", "/**", "/*"] {
+            assert_eq!(verdict(&mut subscribe(open), false), None, "{open}: Faye's root wildcards stay open");
+        }
         let mut many = subscribe("/a");
         many.subscription = Some(Subscription::Many(vec!["/a".into(), "/actionHero/**".into()]));
         assert!(verdict(&mut many, false).is_some());
