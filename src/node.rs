@@ -128,7 +128,8 @@ impl NodeBuilder {
             Some(url) => Cluster::connect(url, node_id, cluster_settings, metrics.clone()).await?,
         };
         // Every node guards the /actionHero channels with the cluster's token (§C7.2).
-        let protected: Arc<dyn Extension> = Arc::new(crate::server::ProtectedChannels::new(config.server_token.clone()));
+        let protected: Arc<dyn Extension> =
+            Arc::new(crate::server::ProtectedChannels::new(config.server_token.clone()));
         let extensions: Vec<Arc<dyn Extension>> = std::iter::once(protected).chain(self.extensions).collect();
         let server = Server::new(
             engine.clone(),

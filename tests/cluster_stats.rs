@@ -128,7 +128,7 @@ async fn node_ids_have_dashes_inside_keys_only() {
     assert_eq!(v, "1");
     let v: String = redis::cmd("HGET").arg("actionHero:stats").arg("x:y").query_async(&mut raw).await.unwrap();
     assert_eq!(v, "1");
-    assert_eq!(node.node_id(), "10.0.0.5:8080");
+    assert_eq!(&*node.node_id(), "10.0.0.5:8080");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,12 +154,15 @@ async fn node_builds_its_cluster_from_its_redis_url() {
     let port = node.local_addr().port();
     let cluster = node.cluster();
     assert!(cluster.is_redis());
-    assert_eq!(cluster.node_id(), format!("127.0.0.1:{port}"));
+    // Default id: host:port:pid:incarnation (§C1.4).
+    let prefix = format!("127.0.0.1:{port}:{}:", std::process::id());
+    assert!(cluster.node_id().starts_with(&prefix), "{}", cluster.node_id());
+    assert_eq!(cluster.node_id().len(), prefix.len() + 4);
     cluster.stats().increment("hits", 1).await.unwrap();
     cluster.cache().save("k", json!("v"), None).await.unwrap();
     let mut raw = redis.connection().await;
     let hits: String = redis::cmd("HGET")
-        .arg(format!("actionHero:stats:127.0.0.1-{port}"))
+        .arg(format!("actionHero:stats:{}", cluster.node_id().replace(':', "-")))
         .arg("hits")
         .query_async(&mut raw)
         .await

@@ -108,7 +108,8 @@ async fn wait_drained(node: &Cluster) {
 /// §C3.1 on redis: every id is in exactly one place and its record agrees with it.
 pub async fn assert_one_place_each(h: &Harness) {
     let Some(mut con) = h.raw().await else { return };
-    let data: HashMap<String, String> = redis::cmd("HGETALL").arg("actionHero:tasks:data").query_async(&mut con).await.unwrap();
+    let data: HashMap<String, String> =
+        redis::cmd("HGETALL").arg("actionHero:tasks:data").query_async(&mut con).await.unwrap();
     let mut places: HashMap<String, Vec<String>> = HashMap::new();
     let delayed: Vec<String> =
         redis::cmd("ZRANGE").arg("actionHero:tasks:delayed").arg(0).arg(-1).query_async(&mut con).await.unwrap();
@@ -176,7 +177,8 @@ async fn any_tasks_run_once_each(kind: Kind) {
     }
     let mut ids = HashSet::new();
     for i in 0..60 {
-        let id = nodes[i % nodes.len()].tasks().enqueue("work", json!({"n": i}), EnqueueOptions::default()).await.unwrap();
+        let id =
+            nodes[i % nodes.len()].tasks().enqueue("work", json!({"n": i}), EnqueueOptions::default()).await.unwrap();
         assert!(ids.insert(id));
     }
     let mut seen = HashMap::new();

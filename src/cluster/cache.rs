@@ -264,7 +264,7 @@ impl Cache {
             Backend::Memory(m) => {
                 let now = m.clock.now_ms();
                 let mut cache = guard(&m.cache);
-                if cache.locked_by_other(key, &*self.node(), now) {
+                if cache.locked_by_other(key, &self.node(), now) {
                     return Err(ClusterError::Locked);
                 }
                 let entry =
@@ -374,7 +374,7 @@ impl Cache {
             Backend::Memory(m) => {
                 let now = m.clock.now_ms();
                 let mut cache = guard(&m.cache);
-                if cache.locked_by_other(key, &*self.node(), now) {
+                if cache.locked_by_other(key, &self.node(), now) {
                     return Err(ClusterError::Locked);
                 }
                 let existed = cache.entries.remove(key).is_some();
@@ -487,7 +487,7 @@ impl Cache {
             Backend::Memory(m) => {
                 let now = m.clock.now_ms();
                 let mut cache = guard(&m.cache);
-                if cache.locked_by_other(key, &*self.node(), now) {
+                if cache.locked_by_other(key, &self.node(), now) {
                     false
                 } else {
                     cache.locks.insert(key.to_string(), (self.node().to_string(), now.saturating_add(ttl_ms)));
@@ -547,13 +547,13 @@ impl Cache {
         match &self.ctx.backend {
             Backend::Memory(m) => {
                 let now = m.clock.now_ms();
-                Ok(!guard(&m.cache).locked_by_other(key, &*self.node(), now))
+                Ok(!guard(&m.cache).locked_by_other(key, &self.node(), now))
             }
             Backend::Redis(r) => {
                 let mut con = r.con();
                 let owner: Option<String> =
                     r.check(redis::cmd("GET").arg(r.keys.cache_lock(key)).query_async(&mut con).await)?;
-                Ok(owner.is_none_or(|o| o == &*self.node()))
+                Ok(owner.is_none_or(|o| o == *self.node()))
             }
         }
     }
@@ -565,7 +565,7 @@ impl Cache {
     pub async fn increment(&self, key: &str, delta: impl Into<Numeric>) -> Result<Numeric, ClusterError> {
         let delta = delta.into().validate()?;
         let result = match &self.ctx.backend {
-            Backend::Memory(m) => increment_memory(m, &*self.node(), key, delta)?,
+            Backend::Memory(m) => increment_memory(m, &self.node(), key, delta)?,
             Backend::Redis(r) => {
                 let answer: Vec<String> = r.check(
                     INCREMENT

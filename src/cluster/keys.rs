@@ -89,7 +89,8 @@ impl Keys {
 }
 
 /// Task key suffixes a node id (after `:`→`-`) must not equal (§C1.4).
-pub(crate) const RESERVED_TASK_SUFFIXES: [&str; 6] = ["global", "delayed", "data", "processing", "failed", "workerStatus"];
+pub(crate) const RESERVED_TASK_SUFFIXES: [&str; 6] =
+    ["global", "delayed", "data", "processing", "failed", "workerStatus"];
 
 /// Why a node id cannot be used, or `None` when it can (§C1.4).
 pub(crate) fn invalid_node_id(node_id: &str) -> Option<String> {

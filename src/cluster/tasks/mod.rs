@@ -289,9 +289,10 @@ impl Answer {
             "unknownNode" => Answer::UnknownNode(arg),
             "noLivePeers" => Answer::NoLivePeers,
             "invalid" => Answer::Invalid,
-            "claimed" => Answer::Claimed(Box::new(serde_json::from_str(&arg).map_err(|e| {
-                TaskError::Cluster(ClusterError::Corrupt(format!("claimed record: {e}")))
-            })?)),
+            "claimed" => Answer::Claimed(Box::new(
+                serde_json::from_str(&arg)
+                    .map_err(|e| TaskError::Cluster(ClusterError::Corrupt(format!("claimed record: {e}"))))?,
+            )),
             "none" => Answer::Nothing,
             "evicted" => Answer::Evicted,
             other => {
@@ -366,7 +367,8 @@ impl Tasks {
         }
         let record = self.new_record(new_task_id(), &definition, target_node, max_attempts, &params, &options)?;
         let delay_ms = options.delay.map(duration_ms);
-        let answer = self.run_enqueue(record, mode, options.run_at, delay_ms, options.idempotency_key.as_deref(), false).await?;
+        let answer =
+            self.run_enqueue(record, mode, options.run_at, delay_ms, options.idempotency_key.as_deref(), false).await?;
         match answer {
             Answer::Ok(id) => {
                 tracing::debug!(name, %id, "task enqueued");
@@ -396,7 +398,14 @@ impl Tasks {
             }
         };
         let options = EnqueueOptions::default();
-        let mut record = self.new_record(id, definition, target, definition.max_attempts, &Value::Object(Default::default()), &options)?;
+        let mut record = self.new_record(
+            id,
+            definition,
+            target,
+            definition.max_attempts,
+            &Value::Object(Default::default()),
+            &options,
+        )?;
         record.periodic = true;
         record.frequency = Some(frequency);
         match self.run_enqueue(record, EnqueueMode::Ready, None, Some(frequency), None, true).await? {
@@ -544,9 +553,9 @@ impl Tasks {
                 let now = self.now_memory();
                 guard(&m.tasks).retry_failed(now, &entry.raw)
             }
-            Backend::Redis(r) => r.check(
-                scripts::RETRY_FAILED.arg(r.keys.prefix()).arg(&entry.raw).invoke_async(&mut r.con()).await,
-            )?,
+            Backend::Redis(r) => {
+                r.check(scripts::RETRY_FAILED.arg(r.keys.prefix()).arg(&entry.raw).invoke_async(&mut r.con()).await)?
+            }
         };
         match answer.as_str() {
             "ok" => Ok(true),
@@ -638,7 +647,8 @@ impl Tasks {
 
 async fn inspect_redis(r: &RedisBackend) -> Result<Inspection, TaskError> {
     let mut con = r.con();
-    let peers: Vec<String> = r.check(redis::cmd("LRANGE").arg(r.keys.peers()).arg(0).arg(-1).query_async(&mut con).await)?;
+    let peers: Vec<String> =
+        r.check(redis::cmd("LRANGE").arg(r.keys.peers()).arg(0).arg(-1).query_async(&mut con).await)?;
     let mut pipe = redis::pipe();
     pipe.atomic()
         .llen(r.keys.tasks("global"))
@@ -649,28 +659,17 @@ async fn inspect_redis(r: &RedisBackend) -> Result<Inspection, TaskError> {
     for peer in &peers {
         pipe.llen(r.keys.node_tasks(peer));
     }
-    let (head, locals): ((u64, u64, u64, u64, BTreeMap<String, String>), Vec<u64>) = {
-        let values: Vec<redis::Value> = r.check(pipe.query_async(&mut con).await)?;
-        let mut it = values.into_iter();
-        let mut next = || it.next().unwrap_or(redis::Value::Nil);
-        let num = |v: redis::Value| redis::from_redis_value::<u64>(v).unwrap_or(0);
-        let global = num(next());
-        let delayed = num(next());
-        let processing = num(next());
-        let failed = num(next());
-        let workers = redis::from_redis_value::<BTreeMap<String, String>>(next()).unwrap_or_default();
-        let locals = peers.iter().map(|_| num(next())).collect();
-        ((global, delayed, processing, failed, workers), locals)
-    };
-    let (global, delayed, processing, failed, workers) = head;
-    Ok(Inspection {
-        global,
-        delayed,
-        processing,
-        failed,
-        local: peers.into_iter().zip(locals).collect(),
-        workers,
-    })
+    let values: Vec<redis::Value> = r.check(pipe.query_async(&mut con).await)?;
+    let mut it = values.into_iter();
+    let mut next = || it.next().unwrap_or(redis::Value::Nil);
+    let num = |v: redis::Value| redis::from_redis_value::<u64>(v).unwrap_or(0);
+    let global = num(next());
+    let delayed = num(next());
+    let processing = num(next());
+    let failed = num(next());
+    let workers = redis::from_redis_value::<BTreeMap<String, String>>(next()).unwrap_or_default();
+    let locals: Vec<u64> = peers.iter().map(|_| num(next())).collect();
+    Ok(Inspection { global, delayed, processing, failed, local: peers.into_iter().zip(locals).collect(), workers })
 }
 
 /// A duration in whole ms, saturating.

@@ -23,7 +23,8 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
 pub enum PeerEvent {
-    /// This node joined (at start or after an eviction) under `id`.
+    /// This node joined (at start or after an eviction) under `id` and seeded its periodic
+    /// tasks.
     Joined {
         /// The id joined under.
         id: String,
@@ -130,6 +131,7 @@ impl Runtime {
                 joined = this.join_until_done() => if !joined { return; }
             }
             this.seed_all().await;
+            let _ = this.events.send(PeerEvent::Joined { id: this.ctx.node_id().to_string() });
             this.spawn_loops(shutdown);
         });
     }
@@ -142,7 +144,6 @@ impl Runtime {
                 Ok(()) => {
                     self.epoch.send_modify(|e| *e += 1);
                     tracing::info!(node = %id, "joined the cluster");
-                    let _ = self.events.send(PeerEvent::Joined { id: id.to_string() });
                     return true;
                 }
                 Err(e) => {
@@ -247,6 +248,7 @@ impl Runtime {
         self.ctx.set_node_id(&new_id);
         if self.join_until_done().await {
             self.seed_all().await;
+            let _ = self.events.send(PeerEvent::Joined { id: new_id });
         }
     }
 
@@ -306,7 +308,14 @@ impl Runtime {
 
     /// Runs one claimed task and completes it (retrying the completion while redis is
     /// unreachable, until it is accepted or found stale).
-    async fn run(&self, record: super::TaskRecord, node: &str, worker: u32, token: String, run_token: CancellationToken) {
+    async fn run(
+        &self,
+        record: super::TaskRecord,
+        node: &str,
+        worker: u32,
+        token: String,
+        run_token: CancellationToken,
+    ) {
         let id = record.id.clone();
         let outcome = match self.tasks.definition(&record.name) {
             None => {
@@ -358,7 +367,9 @@ impl Runtime {
             match self.complete(node, worker, &id, &token, &outcome).await {
                 Ok(answer) => {
                     match answer.as_str() {
-                        "stale" => tracing::warn!(task = %id, node, "completion rejected: the claim was taken back (stale token)"),
+                        "stale" => {
+                            tracing::warn!(task = %id, node, "completion rejected: the claim was taken back (stale token)")
+                        }
                         "deadLettered" => tracing::warn!(task = %id, ?outcome, "task dead-lettered"),
                         "retry" => tracing::info!(task = %id, ?outcome, "task failed; retry scheduled"),
                         other => tracing::debug!(task = %id, answer = other, "task completed"),
@@ -411,7 +422,9 @@ impl Runtime {
                 tracing::info!(node = %id, reclaimed, dropped, dead_lettered, "left the cluster");
                 let _ = self.events.send(PeerEvent::Left { id: id.to_string() });
             }
-            Err(e) => tracing::error!(node = %id, error = %e, "leave failed; peers will recover this node's work after deadAfter"),
+            Err(e) => {
+                tracing::error!(node = %id, error = %e, "leave failed; peers will recover this node's work after deadAfter")
+            }
         }
         self.epoch.send_replace(0);
     }
@@ -616,7 +629,12 @@ impl Runtime {
             Backend::Redis(r) => {
                 let mut con = r.con();
                 let result: Result<(), ClusterError> = r.check(
-                    redis::cmd("HSET").arg(r.keys.tasks("workerStatus")).arg(field).arg(status).query_async(&mut con).await,
+                    redis::cmd("HSET")
+                        .arg(r.keys.tasks("workerStatus"))
+                        .arg(field)
+                        .arg(status)
+                        .query_async(&mut con)
+                        .await,
                 );
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "worker status not written");
