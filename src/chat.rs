@@ -6,7 +6,11 @@
 //! - A broadcast is one publish on `/actionHero/chat` of the v5 payload
 //!   `{"serverToken","serverId","message","sentAt","connection":{"id","room","roomMatchKey","roomMatchValue"}}`
 //!   through this node's server (on the redis engine every node receives it).
-//! - Each node has one in-process client subscribed to `/actionHero/chat`. It drops payloads
+//! - Each node has one in-process client subscribed to `/actionHero/chat`, started when
+//!   the first connection joins or listens to a room (a node that never hosts a chat
+//!   connection runs no extra session, and a server auth extension that refuses in-process
+//!   clients only fails the chat calls, not the node; let `RequestContext::local` through to
+//!   use chat). It drops payloads
 //!   whose token is not this node's (`message token miss-match from {serverId}`), and hands
 //!   the others to its own registered connections: same room or a listening room, never the
 //!   sender, and with a room match only connections whose property equals the value. A
@@ -15,7 +19,7 @@
 //!
 //! Chat is at-most-once (item 28 accepted for chat): nothing work-related depends on it.
 
-use crate::client::{Client, ClientBuilder, ClientError, Delivery};
+use crate::client::{Client, ClientBuilder, ClientError, Delivery, Subscription};
 use crate::cluster::{Cluster, ClusterError, RoomAdd};
 use crate::config::DEFAULT_SERVER_TOKEN;
 use crate::protocol::BayeuxError;
@@ -66,7 +70,8 @@ pub enum ChatError {
     /// The server refused the chat publish.
     #[error("chat publish refused: {0}")]
     Publish(#[from] BayeuxError),
-    /// The node's chat client could not subscribe to `/actionHero/chat`.
+    /// The node's chat client could not subscribe to `/actionHero/chat` (is a server
+    /// extension refusing in-process clients?).
     #[error("chat subscription failed: {0}")]
     Subscribe(#[from] ClientError),
 }
@@ -135,8 +140,11 @@ struct Inner {
     /// registry update), so two joins of one connection cannot interleave.
     membership: tokio::sync::Mutex<()>,
     token_mismatches: AtomicU64,
-    /// Keeps the chat client's driver alive as long as the chat.
-    _client: Client,
+    /// Builds the in-process client of the listener.
+    client: ClientBuilder,
+    shutdown: CancellationToken,
+    /// The listener's client once subscribed (kept alive with the chat).
+    listener: tokio::sync::OnceCell<Client>,
 }
 
 /// This node's chat: the local connection registry, room changes with their announcements,
@@ -157,21 +165,21 @@ fn now_ms() -> i64 {
 }
 
 impl Chat {
-    /// Subscribes `client` (an in-process client of `server`) to `/actionHero/chat` and
-    /// starts delivering until `shutdown`. `server_token` must be the same on every node.
-    pub(crate) async fn start(
+    /// The chat of a node: publishes through `server`, memberships in `cluster`; `client`
+    /// builds the in-process client that listens on `/actionHero/chat` (until `shutdown`)
+    /// once a connection joins or listens to a room. `server_token` must be the same on every
+    /// node.
+    pub(crate) fn new(
         server: Server,
         cluster: Cluster,
         client: ClientBuilder,
         server_token: String,
         shutdown: CancellationToken,
-    ) -> Result<Chat, ChatError> {
+    ) -> Chat {
         if cluster.is_redis() && server_token == DEFAULT_SERVER_TOKEN {
             tracing::warn!("chat: the default server token is in use on a redis cluster; set --server-token");
         }
-        let client = client.build().await?;
-        let mut subscription = client.subscribe(CHAT_CHANNEL).await?;
-        let chat = Chat {
+        Chat {
             inner: Arc::new(Inner {
                 server,
                 cluster,
@@ -179,10 +187,33 @@ impl Chat {
                 connections: Mutex::new(HashMap::new()),
                 membership: tokio::sync::Mutex::new(()),
                 token_mismatches: AtomicU64::new(0),
-                _client: client,
+                client,
+                shutdown,
+                listener: tokio::sync::OnceCell::new(),
             }),
-        };
-        let receiver = chat.clone();
+        }
+    }
+
+    /// Subscribes this node to `/actionHero/chat` the first time it is needed (a failed
+    /// attempt is retried by the next call).
+    async fn ensure_listening(&self) -> Result<(), ChatError> {
+        self.inner
+            .listener
+            .get_or_try_init(|| async {
+                let client = self.inner.client.clone().build().await?;
+                let subscription = client.subscribe(CHAT_CHANNEL).await?;
+                self.spawn_receiver(subscription);
+                tracing::debug!(channel = CHAT_CHANNEL, "chat listening");
+                Ok::<_, ChatError>(client)
+            })
+            .await
+            .map(|_| ())
+            .inspect_err(|e| tracing::warn!(error = %e, "chat: cannot listen on /actionHero/chat"))
+    }
+
+    fn spawn_receiver(&self, mut subscription: Subscription) {
+        let receiver = self.clone();
+        let shutdown = self.inner.shutdown.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -197,8 +228,6 @@ impl Chat {
                 }
             }
         });
-        tracing::debug!(channel = CHAT_CHANNEL, "chat started");
-        Ok(chat)
     }
 
     fn registry(&self) -> MutexGuard<'_, HashMap<String, ChatConnection>> {
@@ -236,6 +265,8 @@ impl Chat {
     /// Moves the connection into `room` (leaving its current room first: "change room"),
     /// announcing `I have entered the room` when the room's list changed.
     pub async fn join(&self, connection_id: &str, room: &str) -> Result<RoomAdd, ChatError> {
+        self.current_room(connection_id)?; // unknown connections fail before any work
+        self.ensure_listening().await?;
         let _membership = self.inner.membership.lock().await;
         let current = self.current_room(connection_id)?;
         if let Some(old) = current.filter(|old| old != room) {
@@ -271,7 +302,9 @@ impl Chat {
     }
 
     /// The connection also hears `room` (`listenToRoom`); `true` if it was not already.
-    pub fn listen(&self, connection_id: &str, room: &str) -> Result<bool, ChatError> {
+    pub async fn listen(&self, connection_id: &str, room: &str) -> Result<bool, ChatError> {
+        self.current_room(connection_id)?; // unknown connections fail before any work
+        self.ensure_listening().await?;
         let mut registry = self.registry();
         let entry =
             registry.get_mut(connection_id).ok_or_else(|| ChatError::UnknownConnection(connection_id.into()))?;

@@ -33,9 +33,6 @@ pub enum NodeError {
     /// The cluster layers could not be set up.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    /// The node's chat could not start.
-    #[error(transparent)]
-    Chat(#[from] crate::chat::ChatError),
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -153,14 +150,13 @@ impl NodeBuilder {
         }
         cluster.start(shutdown.clone());
         let chat_client = Client::in_process(Arc::new(LocalServer(server.clone())));
-        let chat = crate::chat::Chat::start(
+        let chat = crate::chat::Chat::new(
             server.clone(),
             cluster.clone(),
             chat_client,
             config.server_token.clone(),
             shutdown.clone(),
-        )
-        .await?;
+        );
         transport::serve(
             listener,
             server.clone(),

@@ -10,7 +10,7 @@ mod common;
 mod redis_server;
 
 use actioncluster::chat::connection_channel;
-use actioncluster::{ChatPayload, Config, Node, RoomAdd, RoomMatch};
+use actioncluster::{ChatError, ChatPayload, Config, Node, RoomAdd, RoomMatch};
 use common::bayeux;
 use common::ws::Ws;
 use common::{WAIT, within};
@@ -151,7 +151,7 @@ async fn chat_reaches_the_room_but_not_the_sender() {
     chat.register(&a.id, props(&[("tier", json!("gold"))]));
     chat.register(&c.id, Map::new());
     // c hears the lobby without being in it (listenToRoom): node-local, not a membership.
-    assert!(chat.listen(&c.id, "lobby").unwrap());
+    assert!(chat.listen(&c.id, "lobby").await.unwrap());
     assert_eq!(chat.join(&a.id, "lobby").await.unwrap(), RoomAdd::Added);
     // Delivery is judged when a node receives the broadcast; wait for a's announcement
     // before b appears, so b's registration cannot race it.
@@ -257,4 +257,32 @@ async fn chat_crosses_nodes_and_a_wrong_token_is_dropped() {
     for n in [x, z, rogue] {
         n.shutdown().await;
     }
+}
+
+/// Refuses every handshake, in-process ones included (an auth extension that forgot
+/// `RequestContext::local`).
+struct RefuseAll;
+
+impl actioncluster::Extension for RefuseAll {
+    fn incoming(&self, message: &mut actioncluster::Message, _request: &actioncluster::RequestContext) {
+        if message.channel_str() == "/meta/handshake" {
+            message.error = Some("403::Forbidden".to_string());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_extension_refuses_its_chat_client_still_starts() {
+    // The chat listener starts with the first room join, so such a node serves Bayeux as
+    // before and only the chat calls fail, with the reason.
+    let node = within(WAIT, "node start", Node::builder(config(TOKEN, None)).extension(RefuseAll).start())
+        .await
+        .expect("node starts without a chat session");
+    node.chat().register("c1", Map::new());
+    let err = node.chat().join("c1", "lobby").await.unwrap_err();
+    assert!(matches!(err, ChatError::Subscribe(_)), "{err:?}");
+    assert!(node.cluster().rooms().status("lobby").await.unwrap().members.is_empty());
+    assert_eq!(node.chat().connection("c1").unwrap().room, None);
+    assert!(matches!(node.chat().join("nobody", "lobby").await, Err(ChatError::UnknownConnection(_))));
+    node.shutdown().await;
 }
