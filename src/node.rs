@@ -169,6 +169,7 @@ impl NodeBuilder {
                 client_script: config.client_script.clone(),
                 max_connections: config.max_connections,
                 redis_configured: config.redis_url.is_some(),
+                status: Some(Arc::new(ClusterStatus(cluster.clone()))),
                 #[cfg(feature = "tls")]
                 tls,
             },
@@ -263,6 +264,36 @@ impl Node {
         if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait()).await.is_err() {
             tracing::warn!("shutdown grace elapsed with connections still open");
         }
+    }
+}
+
+/// The node's `GET /status` document: its id, the live peers, the task queues and the
+/// worker statuses.
+struct ClusterStatus(Cluster);
+
+#[async_trait::async_trait]
+impl transport::StatusSource for ClusterStatus {
+    async fn status(&self) -> Result<serde_json::Value, String> {
+        let cluster = &self.0;
+        let peers = cluster.peers().await.map_err(|e| e.to_string())?;
+        let tasks = cluster.tasks().inspect().await.map_err(|e| e.to_string())?;
+        Ok(serde_json::json!({
+            "nodeId": &*cluster.node_id(),
+            "backend": if cluster.is_redis() { "redis" } else { "memory" },
+            "member": cluster.is_member(),
+            "peers": peers,
+            "tasks": {
+                "defined": cluster.tasks().defined_names(),
+                "queues": {
+                    "global": tasks.global,
+                    "delayed": tasks.delayed,
+                    "processing": tasks.processing,
+                    "failed": tasks.failed,
+                    "local": tasks.local,
+                },
+                "workers": tasks.workers,
+            },
+        }))
     }
 }
 

@@ -125,3 +125,49 @@ async fn shutdown_releases_held_connects_with_advice_to_reconnect() {
     assert!(interval <= 2000, "{interval}");
     tokio::time::timeout(WAIT, shutdown).await.expect("shutdown completes").unwrap();
 }
+
+/// `GET /status` on a redis node: its id among the live peers, the task queues (a delayed
+/// task counted), the defined task names; after a graceful shutdown the node has left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_peers_queues_and_workers() {
+    use actioncluster::{EnqueueOptions, TaskDefinition};
+    let redis = redis_server::RedisServer::start().await;
+    let config = Config { redis_url: Some(redis.url()), task_workers: 2, ..config() };
+    let node = Node::builder(config).task(TaskDefinition::new("report", |_| async { Ok(()) })).start().await.unwrap();
+    let addr = node.local_addr();
+    let mut events = node.cluster().peer_events();
+    if !node.cluster().is_member() {
+        tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap();
+    }
+    node.cluster()
+        .tasks()
+        .enqueue("report", json!({}), EnqueueOptions::delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let (code, body) = get(addr, "/status").await;
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = node.cluster().node_id().to_string();
+    assert_eq!(doc["nodeId"], json!(id));
+    assert_eq!(doc["backend"], json!("redis"));
+    assert_eq!(doc["peers"], json!([id]));
+    assert_eq!(doc["tasks"]["queues"]["delayed"], json!(1));
+    assert_eq!(doc["tasks"]["queues"]["global"], json!(0));
+    assert_eq!(doc["tasks"]["queues"]["failed"], json!(0));
+    assert_eq!(doc["tasks"]["defined"], json!(["report"]));
+    let cluster = node.cluster().clone();
+    node.shutdown().await;
+    assert!(cluster.peers().await.unwrap().is_empty(), "a graceful shutdown leaves the cluster");
+}
+
+/// A stand-alone node answers `/status` from its memory backend.
+#[tokio::test]
+async fn status_on_a_memory_node() {
+    let node = Node::start(config()).await.unwrap();
+    let (code, body) = get(node.local_addr(), "/status").await;
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["backend"], json!("memory"));
+    assert_eq!(doc["tasks"]["queues"]["processing"], json!(0));
+    node.shutdown().await;
+}

@@ -51,6 +51,16 @@ pub struct TransportSettings {
     /// Serve HTTPS/WSS with this acceptor.
     #[cfg(feature = "tls")]
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// What `GET /status` reports (the node's cluster view); `None` answers 404.
+    pub status: Option<Arc<dyn StatusSource>>,
+}
+
+/// The read-only operator view behind `GET /status`, supplied by the node (the transport
+/// does not know the cluster layers).
+#[async_trait::async_trait]
+pub trait StatusSource: Send + Sync {
+    /// The JSON document, or why it cannot be produced (answered as 503).
+    async fn status(&self) -> Result<serde_json::Value, String>;
 }
 
 /// A connection's share of `max_connections`: held by the connection task and, after an
@@ -186,6 +196,7 @@ async fn handle(
         return match (req.method(), path.as_str()) {
             (&Method::GET, "/metrics") => metrics(&shared),
             (&Method::GET, "/healthz") => healthz(&shared).await,
+            (&Method::GET, "/status") => status(&shared).await,
             _ => text(StatusCode::NOT_FOUND, "Not found"),
         };
     }
@@ -241,6 +252,29 @@ fn metrics(shared: &Shared) -> Response<Body> {
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     resp
+}
+
+/// `GET /status`: the node's cluster view as JSON (peers, queue lengths, failed count,
+/// worker states); 503 with the reason when redis cannot answer.
+async fn status(shared: &Shared) -> Response<Body> {
+    let Some(source) = &shared.settings.status else {
+        return text(StatusCode::NOT_FOUND, "Not found");
+    };
+    match source.status().await {
+        Ok(doc) => {
+            let mut resp = Response::new(full(Bytes::from(doc.to_string())));
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+            resp
+        }
+        Err(reason) => {
+            tracing::debug!(%reason, "status unavailable");
+            let mut resp = Response::new(full(Bytes::from(format!("status unavailable: {reason}"))));
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            resp
+        }
+    }
 }
 
 /// `GET /healthz`: 200 while the node serves (and reaches redis when configured), 503 otherwise.
