@@ -1,7 +1,8 @@
 //! Chat room memberships (spec §C6) against both backends: add / remove / status / rooms,
 //! one current room per connection per node, the per-node room index, the §C10.9 race
 //! (concurrent adds of one id from many tasks and nodes give one member and one `Added`) and
-//! §C6.6 (a shared web id stays while another node holds it).
+//! §C6.6 (a shared web id stays while another node holds it); on redis also the purge of a
+//! killed or leaving node's members (§C10.9, §C2.7) through the peers layer.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 #[path = "common/cluster_harness.rs"]
@@ -9,12 +10,14 @@ mod harness;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
-use actioncluster::{Cluster, ClusterError, RoomAdd};
+use actioncluster::{Cluster, ClusterError, ClusterSettings, PeerEvent, RoomAdd, TaskSettings};
 use harness::{Harness, Kind, WAIT, both_backends};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Barrier;
+use tokio_util::sync::CancellationToken;
 
 both_backends!(
     add_remove_and_status,
@@ -232,4 +235,89 @@ async fn redis_remove_ignores_holders_that_are_not_peers() {
     assert_eq!(ghost.rooms().add("lobby", "web").await.unwrap(), RoomAdd::AlreadyMember);
     assert!(h.cluster.rooms().remove("lobby", "web").await.unwrap());
     assert!(members(&h.cluster, "lobby").await.is_empty());
+}
+
+/// Fast membership timing for the purge tests; no task workers.
+fn fast_membership() -> ClusterSettings {
+    ClusterSettings {
+        tasks: TaskSettings {
+            workers: 0,
+            ping_interval: Duration::from_millis(100),
+            dead_after: Duration::from_millis(600),
+            dead_check_interval: Duration::from_millis(100),
+            ..TaskSettings::default()
+        },
+        ..ClusterSettings::default()
+    }
+}
+
+/// Starts `node`'s membership and waits until it has joined.
+async fn join(node: &Cluster, shutdown: &CancellationToken) {
+    let mut events = node.peer_events();
+    node.start(shutdown.clone());
+    tokio::time::timeout(WAIT, async {
+        while !node.is_member() {
+            let _ = events.recv().await;
+        }
+    })
+    .await
+    .expect("joined in time");
+}
+
+/// Members of a dead (or leaving) node: `v1` is only its own and goes; `shared` is also
+/// held by the survivor and stays; the survivor's own `s1` stays; the index goes.
+async fn assert_purged(h: &Harness, survivor: &Cluster) {
+    assert_eq!(members(survivor, "lobby").await, ["shared", "s1"]);
+    let mut raw = h.raw().await.unwrap();
+    let exists: i64 = redis::cmd("EXISTS").arg("actionHero:roomIndex:victim-1").query_async(&mut raw).await.unwrap();
+    assert_eq!(exists, 0, "the dead node's room index is gone");
+    assert_eq!(survivor.rooms().room_of("shared").await.unwrap().as_deref(), Some("lobby"));
+}
+
+async fn victim_with_members(h: &Harness) -> (Cluster, Cluster, CancellationToken, CancellationToken) {
+    let survivor = h.cluster.clone();
+    let victim = h.node("victim:1").await;
+    let (s_stop, v_stop) = (CancellationToken::new(), CancellationToken::new());
+    join(&survivor, &s_stop).await;
+    join(&victim, &v_stop).await;
+    assert_eq!(victim.rooms().add("lobby", "v1").await.unwrap(), RoomAdd::Added);
+    assert_eq!(victim.rooms().add("lobby", "shared").await.unwrap(), RoomAdd::Added);
+    assert_eq!(survivor.rooms().add("lobby", "shared").await.unwrap(), RoomAdd::AlreadyMember);
+    assert_eq!(survivor.rooms().add("lobby", "s1").await.unwrap(), RoomAdd::Added);
+    (survivor, victim, s_stop, v_stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_killed_nodes_members_are_purged_after_detection() {
+    // §C10.9: the victim stops pinging without leaving (as a killed process does); the
+    // survivor's dead-peer check removes it and purges its memberships.
+    let h = Harness::with(Kind::Redis, fast_membership()).await;
+    let (survivor, victim, s_stop, v_stop) = victim_with_members(&h).await;
+    let mut events = survivor.peer_events();
+    v_stop.cancel();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(PeerEvent::Dead { id, .. }) = events.recv().await
+                && id == "victim:1"
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the victim is declared dead");
+    assert_purged(&h, &survivor).await;
+    drop(victim);
+    s_stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_leaving_nodes_members_are_purged() {
+    // §C2.7: a graceful leave purges the node's memberships the same way.
+    let h = Harness::with(Kind::Redis, fast_membership()).await;
+    let (survivor, victim, s_stop, v_stop) = victim_with_members(&h).await;
+    tokio::time::timeout(WAIT, victim.stop()).await.expect("leave in time");
+    assert_purged(&h, &survivor).await;
+    v_stop.cancel();
+    s_stop.cancel();
 }
