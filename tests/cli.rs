@@ -19,6 +19,13 @@ fn bad_flag_exits_2_with_an_error() {
     let out = Command::new(BIN).args(["--mount", "faye", "--port", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mount must start with '/'"));
+    // A node id that would collide with a task key, and a dead-after not above the ping.
+    let out = Command::new(BIN).args(["--host", "127.0.0.1", "--port", "0", "--node-id", "global"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid node id"), "{:?}", out.stderr);
+    let out = Command::new(BIN).args(["--port", "0", "--dead-after", "1", "--peer-ping", "2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dead-after must be longer"));
 }
 
 #[test]

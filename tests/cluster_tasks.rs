@@ -589,3 +589,47 @@ async fn graceful_stop_hands_back_and_leaves(kind: Kind) {
     assert_one_place_each(&h).await;
     shutdown.cancel();
 }
+
+/// §C1.6: a corrupt record (unparsable, or missing for a queued id) is moved to the dead letter
+/// with reason `corrupt`, never run, never dropped silently; the worker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_records_are_dead_lettered() {
+    let h = Harness::with(Kind::Redis, fast_settings()).await;
+    let shutdown = CancellationToken::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = h.cluster.clone();
+    a.tasks().define(recording("fine", tx));
+    let mut con = h.raw().await.unwrap();
+    let () = redis::cmd("HSET")
+        .arg("actionHero:tasks:data")
+        .arg("bad")
+        .arg("{not json")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("RPUSH").arg("actionHero:tasks:global").arg("bad").query_async(&mut con).await.unwrap();
+    let _: i64 =
+        redis::cmd("ZADD").arg("actionHero:tasks:delayed").arg(0).arg("ghost").query_async(&mut con).await.unwrap();
+    start(&a, &shutdown).await;
+    let good = a.tasks().enqueue("fine", json!({}), EnqueueOptions::default()).await.unwrap();
+    assert_eq!(next_run(&mut rx).await.id, good);
+    let failed = tokio::time::timeout(WAIT, async {
+        loop {
+            let f = a.tasks().failed(0, -1).await.unwrap();
+            if f.len() == 2 {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(failed.iter().all(|e| e.reason == FailReason::Corrupt), "{failed:?}");
+    let raw: Vec<String> = failed.iter().map(|e| e.raw.clone()).collect();
+    assert!(raw.iter().any(|r| r.contains(r#""id":"bad""#) && r.contains("{not json")), "{raw:?}");
+    assert!(raw.iter().any(|r| r.contains(r#""id":"ghost""#)), "{raw:?}");
+    assert!(matches!(a.tasks().retry_failed(&failed[0]).await, Err(TaskError::CorruptEntry)));
+    wait_drained(&a).await;
+    assert_one_place_each(&h).await;
+    shutdown.cancel();
+}
