@@ -26,17 +26,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let ran_tx = ran_tx.clone();
             async move {
                 let who = ctx.params["who"].as_str().unwrap_or("nobody").to_string();
-                let _ = ran_tx.send(format!("{} greeted {who} (task {}, attempt {})", ctx.node_id, ctx.id, ctx.attempt));
+                let _ =
+                    ran_tx.send(format!("{} greeted {who} (task {}, attempt {})", ctx.node_id, ctx.id, ctx.attempt));
                 Ok(())
             }
         })
         .max_attempts(3);
-        let config = Config {
-            host: "127.0.0.1".into(),
-            port: 0,
-            redis_url: Some(redis_url.clone()),
-            ..Config::default()
-        };
+        let config =
+            Config { host: "127.0.0.1".into(), port: 0, redis_url: Some(redis_url.clone()), ..Config::default() };
         nodes.push(Node::builder(config).task(greet).start().await?);
     }
     // Wait until all three are members.

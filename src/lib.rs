@@ -22,6 +22,7 @@ pub mod server;
 pub mod telemetry;
 pub mod transport;
 
+pub use chat::{Chat, ChatConnection, ChatError, ChatPayload, ChatSender, RoomMatch};
 pub use client::{
     CallbackSubscription, Client, ClientBuilder, ClientError, ClientExtension, ConnectionState, ConnectionType,
     Delivery, InProcessServer, StateWatcher, Subscription, TransportPreference,
@@ -29,17 +30,16 @@ pub use client::{
 pub use cluster::{
     Cache, CacheEntry, Cluster, ClusterError, ClusterSettings, MemoryClock, Numeric, Scope, Stats, WebMessages,
 };
-pub use cluster::{RoomAdd, RoomStatus, Rooms};
-pub use chat::{Chat, ChatConnection, ChatError, ChatPayload, ChatSender, RoomMatch};
 pub use cluster::{
     EnqueueOptions, FailReason, FailedEntry, Inspection, PeerEvent, Target, TaskContext, TaskDefinition, TaskError,
     TaskFailure, TaskRecord, TaskScope, TaskSettings, Tasks,
 };
+pub use cluster::{RoomAdd, RoomStatus, Rooms};
 pub use config::{Config, ConfigError};
 pub use node::{Node, NodeBuilder, NodeError};
 pub use protocol::{BayeuxError, Message};
-pub use server::{Extension, RequestContext, Server, ServerEvent};
 pub use server::ProtectedChannels;
+pub use server::{Extension, RequestContext, Server, ServerEvent};
 
 /// The README's Rust examples, compiled as doc tests.
 #[doc = include_str!("../README.md")]
