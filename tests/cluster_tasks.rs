@@ -161,6 +161,7 @@ both_backends!(
     unknown_name_bounces_to_a_node_that_knows_it,
     enqueue_errors_are_typed,
     graceful_stop_hands_back_and_leaves,
+    timeout_cancels_the_run_and_counts_a_failure,
 );
 
 async fn any_tasks_run_once_each(kind: Kind) {
@@ -631,5 +632,90 @@ async fn corrupt_records_are_dead_lettered() {
     assert!(matches!(a.tasks().retry_failed(&failed[0]).await, Err(TaskError::CorruptEntry)));
     wait_drained(&a).await;
     assert_one_place_each(&h).await;
+    shutdown.cancel();
+}
+
+async fn timeout_cancels_the_run_and_counts_a_failure(kind: Kind) {
+    let h = Harness::with(kind, fast_settings()).await;
+    let shutdown = CancellationToken::new();
+    let a = h.cluster.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    a.tasks().define(
+        TaskDefinition::new("stuck", move |ctx| {
+            let tx = tx.clone();
+            async move {
+                // Never finishes by itself; reports when it sees the cancellation.
+                ctx.cancel.cancelled().await;
+                let _ = tx.send(ctx.attempt);
+                Ok(())
+            }
+        })
+        .timeout(Duration::from_millis(100)),
+    );
+    start(&a, &shutdown).await;
+    let id = a.tasks().enqueue("stuck", json!({}), EnqueueOptions::default()).await.unwrap();
+    assert_eq!(tokio::time::timeout(WAIT, rx.recv()).await.unwrap(), Some(1), "the handler saw its cancellation");
+    let failed = tokio::time::timeout(WAIT, async {
+        loop {
+            let f = a.tasks().failed(0, -1).await.unwrap();
+            if !f.is_empty() {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(failed[0].task.as_ref().unwrap().id, id);
+    assert_eq!(failed[0].reason, FailReason::Error);
+    assert_eq!(failed[0].error.as_deref(), Some("timed out after 100 ms"));
+    assert_one_place_each(&h).await;
+    shutdown.cancel();
+}
+
+/// A redis outage longer than deadAfter does not make the nodes evict each other when redis
+/// comes back: a node judges peers only after its own pings have worked for deadAfter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_longer_than_dead_after_evicts_nobody() {
+    let mut redis = redis_server::RedisServer::start_durable().await;
+    let mut settings = fast_settings();
+    // Checks far more often than pings: after the outage a checker runs well before the
+    // other node's next ping.
+    settings.tasks.ping_interval = Duration::from_millis(400);
+    settings.tasks.dead_after = Duration::from_millis(1000);
+    settings.tasks.dead_check_interval = Duration::from_millis(20);
+    let dead_after = settings.tasks.dead_after;
+    let a = Cluster::redis_with(&redis.url(), "node-a:1", settings.clone()).await.unwrap();
+    let b = Cluster::redis_with(&redis.url(), "node-b:1", settings.clone()).await.unwrap();
+    let shutdown = CancellationToken::new();
+    start(&a, &shutdown).await;
+    start(&b, &shutdown).await;
+    let mut events_a = a.peer_events();
+    let mut events_b = b.peer_events();
+    redis.kill().await;
+    tokio::time::sleep(dead_after * 2).await; // the outage itself: nothing to await
+    redis.restart().await;
+    // Wait until both have pinged again, then for longer than a dead-peer check needs.
+    tokio::time::timeout(WAIT, async {
+        while !(a.is_alive("node-b:1").await.unwrap_or(false) && b.is_alive("node-a:1").await.unwrap_or(false)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("both members after the outage");
+    tokio::time::sleep(dead_after + settings.tasks.dead_check_interval * 3).await;
+    assert_eq!(&*a.node_id(), "node-a:1");
+    assert_eq!(&*b.node_id(), "node-b:1");
+    for events in [&mut events_a, &mut events_b] {
+        while let Ok(event) = events.try_recv() {
+            assert!(
+                !matches!(event, actioncluster::PeerEvent::Evicted { .. } | actioncluster::PeerEvent::Dead { .. }),
+                "{event:?}"
+            );
+        }
+    }
+    let mut peers = a.peers().await.unwrap();
+    peers.sort();
+    assert_eq!(peers, vec!["node-a:1", "node-b:1"]);
     shutdown.cancel();
 }

@@ -77,6 +77,11 @@ pub(crate) struct Runtime {
     started: AtomicBool,
     stopped: AtomicBool,
     claims: AtomicU64,
+    /// Since when this node's pings have succeeded without a gap (`None` while they fail).
+    /// The dead-peer check waits until that is `dead_after` old: right after an outage every
+    /// peer's ping looks stale, and judging them before they could ping again would evict
+    /// live nodes.
+    healthy_since: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Runtime {
@@ -96,6 +101,7 @@ impl Runtime {
             started: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             claims: AtomicU64::new(0),
+            healthy_since: Mutex::new(None),
         }
     }
 
@@ -143,6 +149,8 @@ impl Runtime {
             match self.join(&id).await {
                 Ok(()) => {
                     self.epoch.send_modify(|e| *e += 1);
+                    *self.healthy_since.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(tokio::time::Instant::now());
                     tracing::info!(node = %id, "joined the cluster");
                     return true;
                 }
@@ -220,9 +228,16 @@ impl Runtime {
             }
             let id = self.ctx.node_id();
             let evicted = match self.ping(&id).await {
-                Ok(evicted) => evicted,
+                Ok(evicted) => {
+                    self.healthy_since
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get_or_insert_with(tokio::time::Instant::now);
+                    evicted
+                }
                 Err(e) => {
                     tracing::warn!(node = %id, error = %e, "ping failed");
+                    *self.healthy_since.lock().unwrap_or_else(PoisonError::into_inner) = None;
                     false
                 }
             };
@@ -290,7 +305,8 @@ impl Runtime {
                     self.idle(&mut epoch).await;
                 }
                 Err(e) => {
-                    tracing::warn!(worker, error = %e, "claim failed; retrying next cycle");
+                    // The backend logs a redis outage once; per-claim failures stay at debug.
+                    tracing::debug!(worker, error = %e, "claim failed; retrying next cycle");
                     self.idle(&mut epoch).await;
                 }
             }
@@ -334,15 +350,18 @@ impl Runtime {
                     cancel: cancel.clone(),
                 };
                 tracing::debug!(task = %id, name = %record.name, attempt = record.attempt, "task started");
-                let handle = self.handlers.spawn((definition.handler)(context));
-                let abort = handle.abort_handle();
+                let mut handle = self.handlers.spawn((definition.handler)(context));
                 let result = match definition.timeout {
-                    None => handle.await,
-                    Some(limit) => match tokio::time::timeout(limit, handle).await {
+                    None => (&mut handle).await,
+                    Some(limit) => match tokio::time::timeout(limit, &mut handle).await {
                         Ok(joined) => joined,
                         Err(_) => {
+                            // Signal first, so the handler can stop cleanly; abort after the
+                            // grace if it does not.
                             cancel.cancel();
-                            abort.abort();
+                            if tokio::time::timeout(self.settings().cancel_grace, &mut handle).await.is_err() {
+                                handle.abort();
+                            }
                             tracing::warn!(task = %id, ?limit, "task timed out");
                             Ok(Err(format!("timed out after {} ms", limit.as_millis()).into()))
                         }
@@ -487,6 +506,10 @@ impl Runtime {
 
     async fn check_dead(&self) {
         let Backend::Redis(r) = &self.ctx.backend else { return };
+        let since = *self.healthy_since.lock().unwrap_or_else(PoisonError::into_inner);
+        if !since.is_some_and(|t| t.elapsed() >= self.settings().dead_after) {
+            return;
+        }
         let result: Result<Vec<String>, ClusterError> = r.check(
             scripts::CHECK_DEAD
                 .arg(r.keys.prefix())
