@@ -507,7 +507,7 @@ impl Runtime {
     async fn check_dead(&self) {
         let Backend::Redis(r) = &self.ctx.backend else { return };
         let since = *self.healthy_since.lock().unwrap_or_else(PoisonError::into_inner);
-        if !since.is_some_and(|t| t.elapsed() >= self.settings().dead_after) {
+        if since.is_none_or(|t| t.elapsed() < self.settings().dead_after) {
             return;
         }
         let result: Result<Vec<String>, ClusterError> = r.check(
