@@ -100,10 +100,13 @@ impl NodeBuilder {
         // turn its `:` into `-` inside keys.
         let node_id = match &config.node_id {
             Some(id) => id.clone(),
-            None => {
-                let suffix: String = (0..4).map(|_| char::from(b'a' + rand::random_range(0..26u8))).collect();
-                format!("{}:{}:{}:{suffix}", config.host, local_addr.port(), std::process::id())
-            }
+            None => format!(
+                "{}:{}:{}:{}",
+                config.host,
+                local_addr.port(),
+                std::process::id(),
+                crate::cluster::incarnation_suffix()
+            ),
         };
         if let Some(reason) = crate::cluster::invalid_node_id(&node_id) {
             return Err(ConfigError::NodeIdInvalid(reason).into());

@@ -408,6 +408,11 @@ async fn killed_nodes_room_members_are_purged() {
     drop(b);
 }
 
+/// The soak's n-th node: three workers running `ledger`.
+async fn soak_worker(redis: &RedisServer, n: usize) -> Worker {
+    Worker::spawn(redis, &format!("w{n}:1"), &args(&["--workers", "3", "--define", "ledger"])).await
+}
+
 /// §C10.6: producers enqueue while nodes join, die and leave; the ledger shows every task
 /// completed, none twice except counted post-eviction re-runs, and no work left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,14 +421,12 @@ async fn soak_with_nodes_joining_and_leaving() {
     let redis = RedisServer::start().await;
     let mut nodes: Vec<Worker> = Vec::new();
     for i in 0..3 {
-        nodes.push(Worker::spawn(&redis, &format!("w{i}:1"), &args(&["--workers", "3", "--define", "ledger"])).await);
+        nodes.push(soak_worker(&redis, i).await);
     }
-    let producers: Vec<Cluster> = futures_join(vec![
-        producer(&redis, "producer:1"),
-        producer(&redis, "producer:2"),
-        producer(&redis, "producer:3"),
-    ])
-    .await;
+    let mut producers: Vec<Cluster> = Vec::new();
+    for i in 1..=3 {
+        producers.push(producer(&redis, &format!("producer:{i}")).await);
+    }
     let mut ids: Vec<String> = Vec::new();
     let mut killed = 0;
     let mut left = 0;
@@ -446,19 +449,13 @@ async fn soak_with_nodes_joining_and_leaving() {
         if n == TASKS / 4 || n == TASKS * 3 / 4 {
             nodes.remove(0).kill9().await;
             killed += 1;
-            nodes.push(
-                Worker::spawn(&redis, &format!("w{next_node}:1"), &args(&["--workers", "3", "--define", "ledger"]))
-                    .await,
-            );
+            nodes.push(soak_worker(&redis, next_node).await);
             next_node += 1;
         }
         if n == TASKS / 2 {
             nodes.remove(0).terminate().await;
             left += 1;
-            nodes.push(
-                Worker::spawn(&redis, &format!("w{next_node}:1"), &args(&["--workers", "3", "--define", "ledger"]))
-                    .await,
-            );
+            nodes.push(soak_worker(&redis, next_node).await);
             next_node += 1;
         }
     }
@@ -502,12 +499,4 @@ async fn soak_with_nodes_joining_and_leaving() {
         w.terminate().await;
     }
     assert!(producers[0].peers().await.unwrap().is_empty());
-}
-
-async fn futures_join(fs: Vec<impl std::future::Future<Output = Cluster>>) -> Vec<Cluster> {
-    let mut out = Vec::new();
-    for f in fs {
-        out.push(f.await);
-    }
-    out
 }

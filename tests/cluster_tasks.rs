@@ -105,6 +105,21 @@ async fn wait_drained(node: &Cluster) {
     .expect("queues drained");
 }
 
+/// Waits until the dead letter holds `count` entries and answers them.
+async fn wait_failed(node: &Cluster, count: usize) -> Vec<actioncluster::FailedEntry> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let f = node.tasks().failed(0, -1).await.unwrap();
+            if f.len() >= count {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("dead-letter entries within the wait")
+}
+
 /// §C3.1 on redis: every id is in exactly one place and its record agrees with it.
 pub async fn assert_one_place_each(h: &Harness) {
     let Some(mut con) = h.raw().await else { return };
@@ -333,17 +348,7 @@ async fn failed_runs_retry_then_dead_letter(kind: Kind) {
         assert_eq!(attempt, expected);
         h.advance(Duration::from_millis(110)).await;
     }
-    let failed = tokio::time::timeout(WAIT, async {
-        loop {
-            let f = a.tasks().failed(0, -1).await.unwrap();
-            if !f.is_empty() {
-                return f;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
+    let failed = wait_failed(&a, 1).await;
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].reason, FailReason::Error);
     assert_eq!(failed[0].error.as_deref(), Some("boom 3"));
@@ -379,17 +384,7 @@ async fn dead_letter_retry_and_remove(kind: Kind) {
         ran.insert(tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap().0);
     }
     assert_eq!(ran, HashSet::from([first.clone(), second.clone()]));
-    let failed = tokio::time::timeout(WAIT, async {
-        loop {
-            let f = a.tasks().failed(0, -1).await.unwrap();
-            if f.len() == 2 {
-                return f;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
+    let failed = wait_failed(&a, 2).await;
     fail.store(0, Ordering::SeqCst);
     let retry = failed.iter().find(|e| e.task.as_ref().unwrap().id == first).unwrap();
     let remove = failed.iter().find(|e| e.task.as_ref().unwrap().id == second).unwrap();
@@ -614,17 +609,7 @@ async fn corrupt_records_are_dead_lettered() {
     start(&a, &shutdown).await;
     let good = a.tasks().enqueue("fine", json!({}), EnqueueOptions::default()).await.unwrap();
     assert_eq!(next_run(&mut rx).await.id, good);
-    let failed = tokio::time::timeout(WAIT, async {
-        loop {
-            let f = a.tasks().failed(0, -1).await.unwrap();
-            if f.len() == 2 {
-                return f;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
+    let failed = wait_failed(&a, 2).await;
     assert!(failed.iter().all(|e| e.reason == FailReason::Corrupt), "{failed:?}");
     let raw: Vec<String> = failed.iter().map(|e| e.raw.clone()).collect();
     assert!(raw.iter().any(|r| r.contains(r#""id":"bad""#) && r.contains("{not json")), "{raw:?}");
@@ -655,17 +640,7 @@ async fn timeout_cancels_the_run_and_counts_a_failure(kind: Kind) {
     start(&a, &shutdown).await;
     let id = a.tasks().enqueue("stuck", json!({}), EnqueueOptions::default()).await.unwrap();
     assert_eq!(tokio::time::timeout(WAIT, rx.recv()).await.unwrap(), Some(1), "the handler saw its cancellation");
-    let failed = tokio::time::timeout(WAIT, async {
-        loop {
-            let f = a.tasks().failed(0, -1).await.unwrap();
-            if !f.is_empty() {
-                return f;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
+    let failed = wait_failed(&a, 1).await;
     assert_eq!(failed[0].task.as_ref().unwrap().id, id);
     assert_eq!(failed[0].reason, FailReason::Error);
     assert_eq!(failed[0].error.as_deref(), Some("timed out after 100 ms"));

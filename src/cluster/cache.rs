@@ -307,7 +307,7 @@ impl Cache {
     /// [`load`](Cache::load) with sliding expiry: an entry that has an expiry gets
     /// `now + extend_ttl` (entries without one keep none).
     pub async fn load_extending(&self, key: &str, extend_ttl: Duration) -> Result<CacheEntry, ClusterError> {
-        self.load_inner(key, Some(i64::try_from(extend_ttl.as_millis()).unwrap_or(i64::MAX))).await
+        self.load_inner(key, Some(super::duration_ms(extend_ttl))).await
     }
 
     async fn load_inner(&self, key: &str, extend: Option<i64>) -> Result<CacheEntry, ClusterError> {

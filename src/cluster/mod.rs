@@ -204,7 +204,7 @@ impl MemoryClock {
 
     /// Moves this clock (and every clone) forward.
     pub fn advance(&self, by: Duration) {
-        self.offset_ms.fetch_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX), Ordering::Relaxed);
+        self.offset_ms.fetch_add(duration_ms(by), Ordering::Relaxed);
     }
 }
 
@@ -239,6 +239,17 @@ impl Default for ClusterSettings {
             tasks: TaskSettings::default(),
         }
     }
+}
+
+/// A duration in whole ms, saturating: how TTLs, delays and intervals reach redis.
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A fresh incarnation suffix (four lowercase letters): a node id's last part, new per start
+/// and per re-join after an eviction (§C1.4).
+pub(crate) fn incarnation_suffix() -> String {
+    (0..4).map(|_| char::from(b'a' + rand::random_range(0..26u8))).collect()
 }
 
 /// Locks a memory-backend mutex; a panic elsewhere never leaves state half-written (every

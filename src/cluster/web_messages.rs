@@ -32,7 +32,7 @@ impl WebMessages {
 
     fn ttl_ms(&self) -> Result<i64, ClusterError> {
         let ttl = self.ctx.settings.web_message_ttl.ok_or(ClusterError::Disabled)?;
-        Ok(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+        Ok(super::duration_ms(ttl))
     }
 
     /// The mailbox cap, at least 1.

@@ -447,7 +447,7 @@ impl MemoryTasks {
     }
 
     /// Every record.
-    pub(crate) fn inspect_records(&self) -> Vec<TaskRecord> {
+    pub(crate) fn all_records(&self) -> Vec<TaskRecord> {
         self.data.values().cloned().collect()
     }
 
@@ -623,6 +623,28 @@ impl MemoryTasks {
 
     /// Everything a dead (or leaving) node held, disposed of as §C3.7 says. Answers
     /// (reclaimed, dropped, dead-lettered). Room memberships live in the rooms backend.
+    /// A task that must run on `dead`: dropped when it exists only for that node ("all"
+    /// copies, per-node periodic instances), else dead-lettered `targetGone`.
+    fn dispose_targeted_at_dead(
+        &mut self,
+        now: i64,
+        h: TaskRecord,
+        dead: &str,
+        checker: &str,
+        dropped: &mut u64,
+        dead_lettered: &mut u64,
+    ) {
+        if per_node_only(&h) {
+            self.data.remove(&h.id);
+            *dropped += 1;
+            self.count(DROPPED_FOR_DEAD_NODE);
+        } else {
+            let err = format!("target node {dead} is gone");
+            self.dead_letter(now, h, FailReason::TargetGone, Some(&err), Some(checker));
+            *dead_lettered += 1;
+        }
+    }
+
     fn recover(&mut self, now: i64, dead: &str, max_crash: u32, checker: &str) -> (u64, u64, u64) {
         let (mut reclaimed, mut dropped, mut dead_lettered) = (0u64, 0u64, 0u64);
         // The ping field goes first: from here on the node is not live.
@@ -639,15 +661,7 @@ impl MemoryTasks {
             if h.stop_requested {
                 self.data.remove(&id);
             } else if h.target.as_deref() == Some(dead) {
-                if per_node_only(&h) {
-                    self.data.remove(&id);
-                    dropped += 1;
-                    self.count(DROPPED_FOR_DEAD_NODE);
-                } else {
-                    let err = format!("target node {dead} is gone");
-                    self.dead_letter(now, h, FailReason::TargetGone, Some(&err), Some(checker));
-                    dead_lettered += 1;
-                }
+                self.dispose_targeted_at_dead(now, h, dead, checker, &mut dropped, &mut dead_lettered);
             } else if h.attempt >= max_crash {
                 let err = format!("claimed {} times by nodes that died", h.attempt);
                 self.dead_letter(now, h, FailReason::CrashLoop, Some(&err), Some(checker));
@@ -666,15 +680,7 @@ impl MemoryTasks {
                 continue;
             };
             if h.target.as_deref() == Some(dead) {
-                if per_node_only(&h) {
-                    self.data.remove(&id);
-                    dropped += 1;
-                    self.count(DROPPED_FOR_DEAD_NODE);
-                } else {
-                    let err = format!("target node {dead} is gone");
-                    self.dead_letter(now, h, FailReason::TargetGone, Some(&err), Some(checker));
-                    dead_lettered += 1;
-                }
+                self.dispose_targeted_at_dead(now, h, dead, checker, &mut dropped, &mut dead_lettered);
             } else {
                 h.target = None;
                 self.make_ready(now, h, false, Some(checker));
@@ -700,33 +706,8 @@ mod tests {
     const BACKOFF: [i64; 3] = [1000, 5000, 30000];
 
     fn rec(id: &str) -> TaskRecord {
-        TaskRecord {
-            id: id.to_string(),
-            name: "job".to_string(),
-            periodic: false,
-            frequency: None,
-            scope: "any".to_string(),
-            run_at: None,
-            to_announce: true,
-            enqueued_at: None,
-            state: "pending".to_string(),
-            queue: None,
-            is_duplicate: false,
-            api_id: None,
-            worker_id: None,
-            target: None,
-            attempt: 0,
-            max_attempts: 1,
-            token: None,
-            claimed_at: None,
-            idempotency_key: None,
-            parent_id: None,
-            last_error: None,
-            fan_out: false,
-            bounces: 0,
-            stop_requested: false,
-            params: RawValue::from_string(r#"{"n":12345678901234567890}"#.to_string()).unwrap(),
-        }
+        let params = RawValue::from_string(r#"{"n":12345678901234567890}"#.to_string()).unwrap();
+        TaskRecord::new(id.to_string(), "job".to_string(), "any", params)
     }
 
     fn targeted(id: &str, node: &str) -> TaskRecord {

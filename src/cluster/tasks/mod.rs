@@ -16,7 +16,7 @@ mod scripts;
 
 pub use record::{FailReason, FailedEntry, TaskRecord};
 
-use super::{Backend, ClusterError, Ctx, RedisBackend, guard};
+use super::{Backend, ClusterError, Ctx, RedisBackend, duration_ms, guard};
 use record::new_task_id;
 use serde::Serialize;
 use serde_json::Value;
@@ -58,12 +58,6 @@ pub enum TaskError {
     /// The storage failed.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-}
-
-impl From<redis::RedisError> for TaskError {
-    fn from(e: redis::RedisError) -> Self {
-        TaskError::Cluster(ClusterError::RedisUnavailable(e))
-    }
 }
 
 /// Which nodes a task definition runs on by default.
@@ -121,7 +115,6 @@ type Handler = Arc<dyn Fn(TaskContext) -> TaskFuture + Send + Sync>;
 #[derive(Clone)]
 pub struct TaskDefinition {
     pub(crate) name: String,
-    pub(crate) description: String,
     pub(crate) scope: TaskScope,
     pub(crate) frequency: Option<Duration>,
     pub(crate) max_attempts: u32,
@@ -150,19 +143,12 @@ impl TaskDefinition {
     {
         Self {
             name: name.into(),
-            description: String::new(),
             scope: TaskScope::Any,
             frequency: None,
             max_attempts: 1,
             timeout: None,
             handler: Arc::new(move |ctx| Box::pin(handler(ctx))),
         }
-    }
-
-    /// A description for operators.
-    pub fn description(mut self, text: impl Into<String>) -> Self {
-        self.description = text.into();
-        self
     }
 
     /// Runs on one node (`Any`) or on every node (`All`).
@@ -413,10 +399,7 @@ impl Tasks {
                 tracing::info!(name = %definition.name, %id, "periodic task seeded");
                 Ok((id, true))
             }
-            Answer::Exists(id) if explicit => {
-                let _ = id;
-                Err(TaskError::PeriodicAlreadyScheduled(definition.name.clone()))
-            }
+            Answer::Exists(_) if explicit => Err(TaskError::PeriodicAlreadyScheduled(definition.name.clone())),
             Answer::Exists(id) => {
                 tracing::debug!(name = %definition.name, %id, "periodic task already scheduled");
                 Ok((id, false))
@@ -436,35 +419,15 @@ impl Tasks {
         options: &EnqueueOptions,
     ) -> Result<TaskRecord, TaskError> {
         let params = serde_json::value::to_raw_value(params).map_err(|e| TaskError::InvalidParams(e.to_string()))?;
+        let scope = match definition.scope {
+            TaskScope::Any => "any",
+            TaskScope::All => "all",
+        };
         Ok(TaskRecord {
-            id,
-            name: definition.name.clone(),
-            periodic: false,
-            frequency: None,
-            scope: match definition.scope {
-                TaskScope::Any => "any".to_string(),
-                TaskScope::All => "all".to_string(),
-            },
-            run_at: None,
-            to_announce: true,
-            enqueued_at: None,
-            state: "pending".to_string(),
-            queue: None,
-            is_duplicate: false,
-            api_id: None,
-            worker_id: None,
             target,
-            attempt: 0,
             max_attempts,
-            token: None,
-            claimed_at: None,
             idempotency_key: options.idempotency_key.clone(),
-            parent_id: None,
-            last_error: None,
-            fan_out: false,
-            bounces: 0,
-            stop_requested: false,
-            params,
+            ..TaskRecord::new(id, definition.name.clone(), scope, params)
         })
     }
 
@@ -536,11 +499,9 @@ impl Tasks {
         Ok(raw
             .into_iter()
             .filter_map(|text| {
-                let parsed = FailedEntry::parse(text.clone());
-                if parsed.is_none() {
-                    tracing::warn!(entry = %text, "unreadable dead-letter entry skipped");
-                }
-                parsed
+                FailedEntry::parse(text)
+                    .map_err(|text| tracing::warn!(entry = %text, "unreadable dead-letter entry skipped"))
+                    .ok()
             })
             .collect())
     }
@@ -617,7 +578,7 @@ impl Tasks {
     /// data hash). Unreadable records are reported and skipped.
     pub async fn records(&self, name: Option<&str>) -> Result<Vec<TaskRecord>, TaskError> {
         let all: Vec<TaskRecord> = match &self.ctx.backend {
-            Backend::Memory(m) => guard(&m.tasks).inspect_records(),
+            Backend::Memory(m) => guard(&m.tasks).all_records(),
             Backend::Redis(r) => {
                 let mut con = r.con();
                 let map: HashMap<String, String> =
@@ -670,11 +631,6 @@ async fn inspect_redis(r: &RedisBackend) -> Result<Inspection, TaskError> {
     let workers = redis::from_redis_value::<BTreeMap<String, String>>(next()).unwrap_or_default();
     let locals: Vec<u64> = peers.iter().map(|_| num(next())).collect();
     Ok(Inspection { global, delayed, processing, failed, local: peers.into_iter().zip(locals).collect(), workers })
-}
-
-/// A duration in whole ms, saturating.
-pub(crate) fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// How the task runtime behaves; [`Default`] gives the spec's defaults (§C11).

@@ -93,6 +93,37 @@ fn one() -> u32 {
 }
 
 impl TaskRecord {
+    /// A waiting record before the enqueue script places it: attempt 0, one try, no target.
+    pub(crate) fn new(id: String, name: String, scope: &str, params: Box<RawValue>) -> Self {
+        Self {
+            id,
+            name,
+            periodic: false,
+            frequency: None,
+            scope: scope.to_string(),
+            run_at: None,
+            to_announce: true,
+            enqueued_at: None,
+            state: "pending".to_string(),
+            queue: None,
+            is_duplicate: false,
+            api_id: None,
+            worker_id: None,
+            target: None,
+            attempt: 0,
+            max_attempts: 1,
+            token: None,
+            claimed_at: None,
+            idempotency_key: None,
+            parent_id: None,
+            last_error: None,
+            fan_out: false,
+            bounces: 0,
+            stop_requested: false,
+            params,
+        }
+    }
+
     /// The params as a JSON value.
     pub fn params_value(&self) -> Value {
         serde_json::from_str(self.params.get()).unwrap_or(Value::Null)
@@ -147,18 +178,12 @@ struct StoredEntry<'a> {
 }
 
 impl FailedEntry {
-    /// Parses one stored entry; `None` for text that is not an entry.
-    pub(crate) fn parse(raw: String) -> Option<FailedEntry> {
-        let stored: StoredEntry<'_> = serde_json::from_str(&raw).ok()?;
+    /// Parses one stored entry; the text back when it is not an entry.
+    pub(crate) fn parse(raw: String) -> Result<FailedEntry, String> {
+        let Ok(stored) = serde_json::from_str::<StoredEntry<'_>>(&raw) else { return Err(raw) };
         let task = serde_json::from_str(stored.task.get()).ok();
-        Some(FailedEntry {
-            reason: stored.reason,
-            error: stored.error,
-            failed_at: stored.failed_at,
-            server_id: stored.server_id,
-            task,
-            raw: raw.clone(),
-        })
+        let (reason, error, failed_at, server_id) = (stored.reason, stored.error, stored.failed_at, stored.server_id);
+        Ok(FailedEntry { reason, error, failed_at, server_id, task, raw })
     }
 }
 

@@ -9,8 +9,8 @@
 
 use super::record::new_token;
 use super::scripts;
-use super::{Answer, Outcome, TaskContext, TaskError, Tasks, duration_ms};
-use crate::cluster::{Backend, ClusterError, Ctx, guard};
+use super::{Answer, Outcome, TaskContext, TaskError, Tasks};
+use crate::cluster::{Backend, ClusterError, Ctx, duration_ms, guard};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -82,12 +82,22 @@ pub(crate) struct Runtime {
     /// peer's ping looks stale, and judging them before they could ping again would evict
     /// live nodes.
     healthy_since: Mutex<Option<tokio::time::Instant>>,
+    /// The retry delays in ms (never empty), and as the completion script takes them.
+    backoff_ms: Vec<i64>,
+    backoff_arg: String,
 }
 
 impl Runtime {
     pub(crate) fn new(ctx: Arc<Ctx>, tasks: Tasks) -> Self {
         let base_id = ctx.node_id().to_string();
+        let mut backoff_ms: Vec<i64> = ctx.settings.tasks.retry_backoff.iter().map(|d| duration_ms(*d)).collect();
+        if backoff_ms.is_empty() {
+            backoff_ms.push(1000);
+        }
+        let backoff_arg = backoff_ms.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
         Self {
+            backoff_ms,
+            backoff_arg,
             ctx,
             tasks,
             base_id,
@@ -258,8 +268,7 @@ impl Runtime {
             CancellationToken::new(),
         );
         old_token.cancel();
-        let suffix: String = (0..4).map(|_| char::from(b'a' + rand::random_range(0..26u8))).collect();
-        let new_id = format!("{}:{suffix}", self.base_id);
+        let new_id = format!("{}:{}", self.base_id, crate::cluster::incarnation_suffix());
         self.ctx.set_node_id(&new_id);
         if self.join_until_done().await {
             self.seed_all().await;
@@ -492,14 +501,11 @@ impl Runtime {
             Backend::Redis(r) => {
                 let mut pipe = redis::pipe();
                 pipe.atomic().lrange(r.keys.peers(), 0, -1).hkeys(r.keys.peer_pings());
-                let (listed, pinging): (Vec<String>, Vec<String>) = r.check(pipe.query_async(&mut r.con()).await)?;
-                let mut out: Vec<String> = Vec::new();
-                for id in listed {
-                    if pinging.contains(&id) && !out.contains(&id) {
-                        out.push(id);
-                    }
-                }
-                Ok(out)
+                let (mut listed, pinging): (Vec<String>, std::collections::HashSet<String>) =
+                    r.check(pipe.query_async(&mut r.con()).await)?;
+                let mut seen = std::collections::HashSet::new();
+                listed.retain(|id| pinging.contains(id) && seen.insert(id.clone()));
+                Ok(listed)
             }
         }
     }
@@ -606,7 +612,7 @@ impl Runtime {
         outcome: &Outcome,
     ) -> Result<String, TaskError> {
         let s = self.settings();
-        let backoff: Vec<i64> = s.retry_backoff.iter().map(|d| duration_ms(*d)).collect();
+        let bounce_limit = s.bounce_limit.max(1);
         match &self.ctx.backend {
             Backend::Memory(m) => {
                 let now = self.ctx.settings.clock.now_ms();
@@ -617,14 +623,13 @@ impl Runtime {
                     id,
                     token,
                     outcome,
-                    &backoff,
-                    s.bounce_limit,
+                    &self.backoff_ms,
+                    bounce_limit,
                     duration_ms(s.bounce_delay),
                 ))
             }
             Backend::Redis(r) => {
                 let (kind, text) = outcome.parts();
-                let backoff_text = backoff.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
                 let answer: String = r.check(
                     scripts::COMPLETE
                         .arg(r.keys.prefix())
@@ -634,8 +639,8 @@ impl Runtime {
                         .arg(token)
                         .arg(kind)
                         .arg(text)
-                        .arg(if backoff_text.is_empty() { "1000".to_string() } else { backoff_text })
-                        .arg(s.bounce_limit.max(1))
+                        .arg(&self.backoff_arg)
+                        .arg(bounce_limit)
                         .arg(duration_ms(s.bounce_delay))
                         .invoke_async(&mut r.con())
                         .await,

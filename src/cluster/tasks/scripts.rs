@@ -132,6 +132,18 @@ local function make_ready(h, params, head, node)
   return true
 end
 
+-- A task that must run on the dead node: dropped when it exists only for that node, else
+-- dead-lettered `targetGone`.
+local function dispose_targeted_at_dead(h, params, dead, checker, summary)
+  if per_node_only(h) then
+    redis.call('HDEL', DATA, h.id); summary.dropped = summary.dropped + 1
+    count('tasks:droppedForDeadNode', 1, nil)
+  else
+    dead_letter(h, params, 'targetGone', 'target node ' .. dead .. ' is gone', checker)
+    summary.dead_lettered = summary.dead_lettered + 1
+  end
+end
+
 -- Everything a dead (or leaving) node held, disposed of as §C3.7 says. The ping field is
 -- deleted first and the peers entry last; each step is idempotent, so a repeated call
 -- finishes a half-done one.
@@ -151,13 +163,7 @@ local function recover(dead, max_crash, checker)
       elseif h.stopRequested == true then
         redis.call('HDEL', DATA, id)
       elseif is_set(h.target) and h.target == dead then
-        if per_node_only(h) then
-          redis.call('HDEL', DATA, id); summary.dropped = summary.dropped + 1
-          count('tasks:droppedForDeadNode', 1, nil)
-        else
-          dead_letter(h, params, 'targetGone', 'target node ' .. dead .. ' is gone', checker)
-          summary.dead_lettered = summary.dead_lettered + 1
-        end
+        dispose_targeted_at_dead(h, params, dead, checker, summary)
       elseif (tonumber(h.attempt) or 0) >= max_crash then
         dead_letter(h, params, 'crashLoop', 'claimed ' .. int(h.attempt) .. ' times by nodes that died', checker)
         summary.dead_lettered = summary.dead_lettered + 1
@@ -177,13 +183,7 @@ local function recover(dead, max_crash, checker)
     if not h then
       dead_letter_corrupt(id, raw, checker); summary.dead_lettered = summary.dead_lettered + 1
     elseif is_set(h.target) and h.target == dead then
-      if per_node_only(h) then
-        redis.call('HDEL', DATA, id); summary.dropped = summary.dropped + 1
-        count('tasks:droppedForDeadNode', 1, nil)
-      else
-        dead_letter(h, params, 'targetGone', 'target node ' .. dead .. ' is gone', checker)
-        summary.dead_lettered = summary.dead_lettered + 1
-      end
+      dispose_targeted_at_dead(h, params, dead, checker, summary)
     else
       h.target = NULL
       make_ready(h, params, false, checker)
