@@ -286,3 +286,29 @@ async fn a_node_whose_extension_refuses_its_chat_client_still_starts() {
     assert!(matches!(node.chat().join("nobody", "lobby").await, Err(ChatError::UnknownConnection(_))));
     node.shutdown().await;
 }
+
+/// v5's rule: a connection channel is its client's own. Another client cannot subscribe to
+/// it, directly or through a `/client` wildcard, and a root-wildcard subscriber does not
+/// see what is delivered there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_channel_belongs_to_its_client() {
+    let node = node(TOKEN, None).await;
+    let addr = node.local_addr();
+    let mut owner = ChatClient::open(addr).await;
+    let snoop = bayeux::handshake(addr).await;
+    let theirs = connection_channel(&owner.id);
+    let reply = bayeux::subscribe_reply(addr, &snoop, json!(theirs)).await;
+    assert_eq!(reply["successful"], json!(false), "{reply}");
+    assert_eq!(reply["error"], json!(format!("403:{theirs}:You cannot subscribe to another client's channel")));
+    for pattern in ["/client/**", "/client/websocket/connection/*"] {
+        let reply = bayeux::subscribe_reply(addr, &snoop, json!(pattern)).await;
+        assert_eq!(reply["successful"], json!(false), "{pattern}: {reply}");
+    }
+    let everything = bayeux::subscriber(addr, &["/**"]).await;
+    node.publish(&theirs, json!({"message": "private"})).await.unwrap();
+    assert_eq!(owner.next().await["message"], json!("private"));
+    bayeux::publish(addr, "/marker", json!(1)).await;
+    let seen = bayeux::connect_messages(addr, &everything).await;
+    assert_eq!(bayeux::channels(&seen), ["/marker"], "{seen:?}");
+    node.shutdown().await;
+}

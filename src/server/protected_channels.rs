@@ -15,6 +15,12 @@
 //!   receive them. (`/*` covers only the one-segment name `/actionHero`, which the nodes do
 //!   not use.)
 //!
+//! - A connection's chat channel `/client/websocket/connection/{id}` is that client's own
+//!   (v5): an external client may subscribe only to the one whose id is its Bayeux client id,
+//!   and never through a wildcard under `/client`; others get `403:{channel}:You cannot
+//!   subscribe to another client's channel`. Messages there skip the `/**` expansion too, so
+//!   nobody reads another connection's chat through a root wildcard.
+//!
 //! Every node installs it; the node's own publishes carry the token and pass.
 
 use super::extension::{Extension, RequestContext};
@@ -31,9 +37,26 @@ pub const TOKEN_MISMATCH: &str = "message token miss-match on protected actionHe
 /// Error text of a refused wildcard subscription covering protected channels.
 pub const WILDCARD_REFUSED: &str = "actionHero does not allow wildcard subscriptions";
 
+/// Prefix of the per-connection chat channels (`/client/websocket/connection/{id}`).
+pub const CONNECTION_PREFIX: &str = "/client/websocket/connection/";
+
+/// Error text of a subscription to another client's connection channel.
+pub const OTHER_CLIENTS_CHANNEL: &str = "You cannot subscribe to another client's channel";
+
 /// True for a channel (or pattern) beginning with `/actionHero`.
 pub fn is_protected(name: &str) -> bool {
     name.starts_with(PROTECTED_PREFIX)
+}
+
+/// True for channels whose messages must not reach root-wildcard (`/**`) subscribers: the
+/// protected `/actionHero…` channels and the per-connection chat channels.
+pub fn is_private(name: &str) -> bool {
+    is_protected(name) || name.starts_with(CONNECTION_PREFIX)
+}
+
+/// True when a pattern other than the root wildcards covers some connection channel.
+fn covers_connection_channels(pattern: &str) -> bool {
+    pattern != "/**" && channel::is_pattern(pattern) && channel::matches(pattern, "/client/websocket/connection/x")
 }
 
 /// The server extension guarding `/actionHero…` channels with the cluster's shared token.
@@ -85,7 +108,14 @@ impl ProtectedChannels {
     }
 
     /// The refusal of one subscription by an external client, if refused.
-    fn subscription_refusal(name: &str) -> Option<String> {
+    fn subscription_refusal(name: &str, client_id: Option<&str>) -> Option<String> {
+        if let Some(owner) = name.strip_prefix(CONNECTION_PREFIX) {
+            let own = !owner.contains('*') && client_id.is_some_and(|id| id == owner);
+            return (!own).then(|| refusal(name, OTHER_CLIENTS_CHANNEL));
+        }
+        if covers_connection_channels(name) {
+            return Some(refusal(name, OTHER_CLIENTS_CHANNEL));
+        }
         if !is_protected(name) {
             None
         } else if name.contains('*') {
@@ -106,10 +136,11 @@ impl Extension for ProtectedChannels {
             if request.local {
                 return;
             }
+            let client_id = message.client_id.as_deref();
             let refused = message
                 .subscription
                 .as_ref()
-                .and_then(|s| s.channels().iter().find_map(|c| Self::subscription_refusal(c)));
+                .and_then(|s| s.channels().iter().find_map(|c| Self::subscription_refusal(c, client_id)));
             if let Some(error) = refused {
                 tracing::debug!(client_id = ?message.client_id, remote = ?request.remote_addr, %error, "subscription to protected actionHero channels refused");
                 message.error = Some(error);
@@ -193,6 +224,31 @@ mod tests {
         let mut many = subscribe("/a");
         many.subscription = Some(Subscription::Many(vec!["/a".into(), "/actionHero/**".into()]));
         assert!(verdict(&mut many, false).is_some());
+    }
+
+    #[test]
+    fn a_connection_channel_is_its_clients_own() {
+        let mut own = subscribe("/client/websocket/connection/abc");
+        own.client_id = Some("abc".into());
+        assert_eq!(verdict(&mut own, false), None);
+        let mut other = subscribe("/client/websocket/connection/xyz");
+        other.client_id = Some("abc".into());
+        assert_eq!(
+            verdict(&mut other, false),
+            Some("403:/client/websocket/connection/xyz:You cannot subscribe to another client's channel".into())
+        );
+        for pattern in ["/client/**", "/client/websocket/**", "/client/websocket/connection/*"] {
+            let mut m = subscribe(pattern);
+            m.client_id = Some("abc".into());
+            assert!(verdict(&mut m, false).is_some(), "{pattern}");
+        }
+        for open in ["/client/other", "/client/*", "/**"] {
+            let mut m = subscribe(open);
+            m.client_id = Some("abc".into());
+            assert_eq!(verdict(&mut m, false), None, "{open}");
+        }
+        assert!(is_private("/client/websocket/connection/abc") && is_private("/actionHero/chat"));
+        assert!(!is_private("/client/other"));
     }
 
     #[test]

@@ -15,8 +15,9 @@ impl Server {
             reply.error = Some(BayeuxError::parameter_missing("data").to_string());
         }
         if reply.error.is_none() {
-            // `/actionHero…` payloads carry the cluster's token: never to `/**` subscribers.
-            let protected = super::protected_channels::is_protected(name);
+            // `/actionHero…` payloads carry the cluster's token, and connection channels one
+            // client's chat: never to `/**` subscribers.
+            let protected = super::protected_channels::is_private(name);
             let envelope = if protected || (self.inner.settings.forbid_wildcard_service && channel::is_service(name)) {
                 Envelope::new_without_root_wildcard(&message)
             } else {
