@@ -12,7 +12,8 @@ mod harness;
 mod redis_server;
 
 use actioncluster::{
-    Cluster, ClusterSettings, EnqueueOptions, FailReason, Target, TaskDefinition, TaskError, TaskScope, TaskSettings,
+    Cluster, ClusterSettings, EnqueueOptions, FailReason, Numeric, Scope, Target, TaskDefinition, TaskError, TaskScope,
+    TaskSettings,
 };
 use harness::{Harness, Kind, WAIT, both_backends};
 use serde_json::{Value, json};
@@ -207,6 +208,9 @@ async fn any_tasks_run_once_each(kind: Kind) {
     wait_drained(&nodes[0]).await;
     assert!(rx.try_recv().is_err(), "a task ran twice");
     assert!(seen.values().all(|&c| c == 1));
+    // Every accepted run is counted, on both backends, in the stats layer.
+    let ran = nodes[0].stats().get("tasks:ranTasks:work", Scope::Cluster).await.unwrap();
+    assert_eq!(ran, Some(Numeric::Int(60)));
     assert_one_place_each(&h).await;
     shutdown.cancel();
 }
@@ -567,6 +571,8 @@ async fn graceful_stop_hands_back_and_leaves(kind: Kind) {
     let a_id = a.node_id().to_string();
     a.stop().await;
     assert!(!a.is_member());
+    let reclaimed = b.stats().get("tasks:reclaimed", Scope::Cluster).await.unwrap();
+    assert_eq!(reclaimed, Some(Numeric::Int(1)), "the cancelled run's claim was handed back");
     if kind == Kind::Redis {
         assert!(!b.is_alive(&a_id).await.unwrap());
     }

@@ -119,6 +119,10 @@ pub(crate) struct MemoryTasks {
     worker_status: BTreeMap<String, String>,
     /// Counters the scripts keep in the stats hash (`tasks:reclaimed`, …).
     pub(crate) counters: BTreeMap<String, i64>,
+    /// Counts raised since the caller last took them, with the node whose stats hash also
+    /// gets them (as the scripts' `count(field, 1, node)`): moved to the memory stats after
+    /// each operation.
+    pub(crate) raised: Vec<(String, Option<String>)>,
 }
 
 impl MemoryTasks {
@@ -289,7 +293,7 @@ impl MemoryTasks {
         if let Outcome::Bounce(err) = outcome {
             h.bounces = h.bounces.saturating_add(1);
             h.attempt = attempt.saturating_sub(1);
-            self.count(NOT_RUNNABLE_HERE);
+            self.count(NOT_RUNNABLE_HERE, Some(node));
             if h.bounces >= bounce_limit.max(1) {
                 self.dead_letter(now, h, FailReason::NotRunnableHere, Some(err), Some(node));
                 return "deadLettered".to_string();
@@ -297,6 +301,7 @@ impl MemoryTasks {
             self.schedule(h, now.saturating_add(bounce_delay_ms));
             return "bounced".to_string();
         }
+        self.count(&format!("tasks:ranTasks:{}", h.name), Some(node));
         let err = match outcome {
             Outcome::Error(e) => Some(e.as_str()),
             _ => None,
@@ -304,7 +309,7 @@ impl MemoryTasks {
         if h.periodic {
             if let Some(e) = err {
                 h.last_error = Some(e.to_string());
-                self.count(PERIODIC_FAILURES);
+                self.count(PERIODIC_FAILURES, Some(node));
             }
             h.attempt = 0;
             let at = now.saturating_add(h.frequency.unwrap_or(0));
@@ -464,8 +469,9 @@ impl MemoryTasks {
     // ---- the scripts' helpers ----
 
     /// HINCRBY of a stats field.
-    fn count(&mut self, field: &str) {
+    fn count(&mut self, field: &str, node: Option<&str>) {
         *self.counters.entry(field.to_string()).or_insert(0) += 1;
+        self.raised.push((field.to_string(), node.map(str::to_string)));
     }
 
     /// GET of an idempotency key, honouring its expiry.
@@ -546,7 +552,7 @@ impl MemoryTasks {
         self.data.remove(&h.id);
         let task = serde_json::to_string(&h).unwrap_or_default();
         self.failed.push(failed_entry_text(reason, err, now, node.unwrap_or(""), &task));
-        self.count(FAILED);
+        self.count(FAILED, None);
     }
 
     /// A record that is missing under an id that had a place.
@@ -560,7 +566,7 @@ impl MemoryTasks {
             node.unwrap_or(""),
             &task,
         ));
-        self.count(FAILED);
+        self.count(FAILED, None);
     }
 
     /// Writes the record into the delayed set at `at`.
@@ -604,7 +610,7 @@ impl MemoryTasks {
             Some(target) => {
                 if per_node_only(&h) {
                     self.data.remove(&h.id);
-                    self.count(DROPPED_FOR_DEAD_NODE);
+                    self.count(DROPPED_FOR_DEAD_NODE, None);
                 } else {
                     let err = format!("target node {target} is gone");
                     self.dead_letter(now, h, FailReason::TargetGone, Some(&err), node);
@@ -637,7 +643,7 @@ impl MemoryTasks {
         if per_node_only(&h) {
             self.data.remove(&h.id);
             *dropped += 1;
-            self.count(DROPPED_FOR_DEAD_NODE);
+            self.count(DROPPED_FOR_DEAD_NODE, None);
         } else {
             let err = format!("target node {dead} is gone");
             self.dead_letter(now, h, FailReason::TargetGone, Some(&err), Some(checker));
@@ -669,7 +675,7 @@ impl MemoryTasks {
             } else {
                 self.make_ready(now, h, true, Some(checker));
                 reclaimed += 1;
-                self.count(RECLAIMED);
+                self.count(RECLAIMED, None);
             }
         }
         let waiting = self.queues.remove(&local_queue(dead)).unwrap_or_default();

@@ -16,7 +16,7 @@ mod scripts;
 
 pub use record::{FailReason, FailedEntry, TaskRecord};
 
-use super::{Backend, ClusterError, Ctx, RedisBackend, duration_ms, guard};
+use super::{Backend, ClusterError, Ctx, MemoryState, RedisBackend, duration_ms, guard};
 use record::new_task_id;
 use serde::Serialize;
 use serde_json::Value;
@@ -288,6 +288,31 @@ impl Answer {
     }
 }
 
+/// Runs one memory-backend task operation, then moves the counts it raised into the memory
+/// stats (the cluster hash, and the node's hash where the scripts write one), as the scripts
+/// do on redis. The two locks are taken one after the other, never nested.
+pub(crate) fn with_memory_tasks<R>(m: &MemoryState, operation: impl FnOnce(&mut memory::MemoryTasks) -> R) -> R {
+    let (result, raised) = {
+        let mut tasks = guard(&m.tasks);
+        let result = operation(&mut tasks);
+        (result, std::mem::take(&mut tasks.raised))
+    };
+    if !raised.is_empty() {
+        let mut stats = guard(&m.stats);
+        for (field, node) in raised {
+            match node {
+                Some(node) => {
+                    if let Err(e) = stats.add(&node, &field, super::Numeric::Int(1)) {
+                        tracing::warn!(field, error = %e, "task stat not updated");
+                    }
+                }
+                None => stats.add_cluster(&field, super::Numeric::Int(1)),
+            }
+        }
+    }
+    result
+}
+
 /// The task queue of one node. Cheap to clone.
 #[derive(Clone)]
 pub struct Tasks {
@@ -444,15 +469,9 @@ impl Tasks {
         match &self.ctx.backend {
             Backend::Memory(m) => {
                 let now = self.now_memory();
-                Ok(guard(&m.tasks).enqueue(
-                    now,
-                    record,
-                    mode,
-                    run_at,
-                    delay_ms,
-                    idempotency_key.map(|k| (k, ttl)),
-                    create_if_absent,
-                ))
+                Ok(with_memory_tasks(m, |t| {
+                    t.enqueue(now, record, mode, run_at, delay_ms, idempotency_key.map(|k| (k, ttl)), create_if_absent)
+                }))
             }
             Backend::Redis(r) => {
                 let text = serde_json::to_string(&record).map_err(|e| TaskError::InvalidParams(e.to_string()))?;
@@ -512,7 +531,7 @@ impl Tasks {
         let answer = match &self.ctx.backend {
             Backend::Memory(m) => {
                 let now = self.now_memory();
-                guard(&m.tasks).retry_failed(now, &entry.raw)
+                with_memory_tasks(m, |t| t.retry_failed(now, &entry.raw))
             }
             Backend::Redis(r) => {
                 r.check(scripts::RETRY_FAILED.arg(r.keys.prefix()).arg(&entry.raw).invoke_async(&mut r.con()).await)?

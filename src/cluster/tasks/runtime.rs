@@ -9,7 +9,7 @@
 
 use super::record::new_token;
 use super::scripts;
-use super::{Answer, Outcome, TaskContext, TaskError, Tasks};
+use super::{Answer, Outcome, TaskContext, TaskError, Tasks, with_memory_tasks};
 use crate::cluster::{Backend, ClusterError, Ctx, duration_ms, guard};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -553,7 +553,7 @@ impl Runtime {
         match &self.ctx.backend {
             Backend::Memory(m) => {
                 let now = self.ctx.settings.clock.now_ms();
-                Ok(guard(&m.tasks).leave(now, id, max_crash))
+                Ok(with_memory_tasks(m, |t| t.leave(now, id, max_crash)))
             }
             Backend::Redis(r) => {
                 let counts: (u64, u64, u64) = r.check(
@@ -570,7 +570,7 @@ impl Runtime {
         match &self.ctx.backend {
             Backend::Memory(m) => {
                 let now = self.ctx.settings.clock.now_ms();
-                Ok(guard(&m.tasks).promote(now, batch, &node))
+                Ok(with_memory_tasks(m, |t| t.promote(now, batch, &node)))
             }
             Backend::Redis(r) => {
                 let n: usize = r.check(
@@ -585,7 +585,7 @@ impl Runtime {
         match &self.ctx.backend {
             Backend::Memory(m) => {
                 let now = self.ctx.settings.clock.now_ms();
-                Ok(guard(&m.tasks).claim(now, node, worker, token, global_first))
+                Ok(with_memory_tasks(m, |t| t.claim(now, node, worker, token, global_first)))
             }
             Backend::Redis(r) => {
                 let parts: Vec<String> = r.check(
@@ -616,17 +616,19 @@ impl Runtime {
         match &self.ctx.backend {
             Backend::Memory(m) => {
                 let now = self.ctx.settings.clock.now_ms();
-                Ok(guard(&m.tasks).complete(
-                    now,
-                    node,
-                    worker,
-                    id,
-                    token,
-                    outcome,
-                    &self.backoff_ms,
-                    bounce_limit,
-                    duration_ms(s.bounce_delay),
-                ))
+                Ok(with_memory_tasks(m, |t| {
+                    t.complete(
+                        now,
+                        node,
+                        worker,
+                        id,
+                        token,
+                        outcome,
+                        &self.backoff_ms,
+                        bounce_limit,
+                        duration_ms(s.bounce_delay),
+                    )
+                }))
             }
             Backend::Redis(r) => {
                 let (kind, text) = outcome.parts();

@@ -402,7 +402,8 @@ return {'none'}
 /// Completion. ARGV: prefix, node, worker index, id, token, outcome (`ok`|`error`|`bounce`),
 /// error text, backoff ms list (comma separated), bounce limit, bounce delay ms. A claim
 /// whose token no longer matches is `stale` and changes nothing (fencing). Otherwise the
-/// claim ends and the task is deleted, re-scheduled, retried or dead-lettered in this step.
+/// claim ends and the task is deleted, re-scheduled, retried or dead-lettered in this step,
+/// and a run (not a bounce) is counted in `tasks:ranTasks:{name}` (cluster and node).
 /// Answers one of `stale`, `corrupt`, `stopped`, `done`, `rescheduled`, `retry`, `bounced`,
 /// `deadLettered`.
 pub(super) static COMPLETE: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -430,6 +431,7 @@ if outcome == 'bounce' then
   end
   schedule(h, params, now + tonumber(ARGV[10])); return 'bounced'
 end
+count('tasks:ranTasks:' .. h.name, 1, node)
 if h.periodic == true then
   if outcome ~= 'ok' then h.lastError = err; count('tasks:periodicFailures', 1, node) end
   h.attempt = 0
