@@ -290,13 +290,13 @@ impl Answer {
 
 /// Runs one memory-backend task operation, then moves the counts it raised into the memory
 /// stats (the cluster hash, and the node's hash where the scripts write one), as the scripts
-/// do on redis. The two locks are taken one after the other, never nested.
+/// do on redis. The stats lock is taken while the tasks lock is still held, so nobody sees the
+/// task change without its counts (a script is atomic on redis too); the stats lock is a leaf
+/// that never waits for another lock, so the nesting cannot deadlock.
 pub(crate) fn with_memory_tasks<R>(m: &MemoryState, operation: impl FnOnce(&mut memory::MemoryTasks) -> R) -> R {
-    let (result, raised) = {
-        let mut tasks = guard(&m.tasks);
-        let result = operation(&mut tasks);
-        (result, std::mem::take(&mut tasks.raised))
-    };
+    let mut tasks = guard(&m.tasks);
+    let result = operation(&mut tasks);
+    let raised = std::mem::take(&mut tasks.raised);
     if !raised.is_empty() {
         let mut stats = guard(&m.stats);
         for (field, node) in raised {
@@ -310,6 +310,7 @@ pub(crate) fn with_memory_tasks<R>(m: &MemoryState, operation: impl FnOnce(&mut 
             }
         }
     }
+    drop(tasks);
     result
 }
 
