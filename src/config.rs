@@ -9,6 +9,10 @@ use thiserror::Error;
 /// who knows it can publish on the protected `/actionHero` channels.
 pub const DEFAULT_SERVER_TOKEN: &str = "not-a-secret-set-server-token";
 
+/// The greeting a chat connection receives when it opens (actionHero's
+/// `general.welcomeMessage`).
+pub const DEFAULT_WELCOME_MESSAGE: &str = "Hello! Welcome to the actionHero api";
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -83,6 +87,12 @@ pub struct Config {
     pub task_shutdown_timeout: Option<Duration>,
     /// Lifetime of HTTP clients' mailboxes after the last store; `None` disables them.
     pub web_message_ttl: Option<Duration>,
+    /// Greeting sent to a client when it opens its chat connection (subscribes to its
+    /// connection channel).
+    pub welcome_message: String,
+    /// How often this node checks its chat connections' clients still exist (expired ones
+    /// leave their rooms).
+    pub connection_sweep_interval: Duration,
 }
 
 impl Default for Config {
@@ -120,6 +130,8 @@ impl Default for Config {
             dead_after: Duration::from_millis(5000),
             task_shutdown_timeout: Some(Duration::from_secs(30)),
             web_message_ttl: None,
+            welcome_message: DEFAULT_WELCOME_MESSAGE.to_string(),
+            connection_sweep_interval: Duration::from_secs(30),
         }
     }
 }
@@ -194,6 +206,9 @@ impl Config {
         }
         if self.server_token.is_empty() {
             return Err(ConfigError::ServerTokenEmpty);
+        }
+        if self.connection_sweep_interval.is_zero() {
+            return Err(ConfigError::LimitZero("connection sweep interval"));
         }
         if self.max_body_bytes < 256 {
             return Err(ConfigError::BodyLimitTooSmall);

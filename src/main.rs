@@ -82,6 +82,10 @@ struct Args {
     #[arg(long, env = "ACTIONCLUSTER_SERVER_TOKEN", hide_env_values = true,
           default_value = actioncluster::config::DEFAULT_SERVER_TOKEN)]
     server_token: String,
+    /// Greeting a client receives when it subscribes to its own connection channel.
+    #[arg(long, env = "ACTIONCLUSTER_WELCOME_MESSAGE",
+          default_value = actioncluster::config::DEFAULT_WELCOME_MESSAGE)]
+    welcome_message: String,
     /// Cluster node id (default `{host}:{port}:{pid}:{random}`, new per start).
     #[arg(long, env = "ACTIONCLUSTER_NODE_ID")]
     node_id: Option<String>,
@@ -155,6 +159,7 @@ async fn main() -> ExitCode {
         namespace: args.namespace,
         gc_interval: Duration::from_secs_f64(args.gc_interval),
         server_token: args.server_token,
+        welcome_message: args.welcome_message,
         node_id: args.node_id,
         task_workers: args.workers,
         dead_after: Duration::from_secs_f64(args.dead_after),

@@ -130,7 +130,11 @@ impl NodeBuilder {
         // Every node guards the /actionHero channels with the cluster's token (§C7.2).
         let protected: Arc<dyn Extension> =
             Arc::new(crate::server::ProtectedChannels::new(config.server_token.clone()));
-        let extensions: Vec<Arc<dyn Extension>> = std::iter::once(protected).chain(self.extensions).collect();
+        // Clients' chat verbs on their connection channels (§6.3), consumed by the node.
+        let (connection_tap, connection_work) = crate::chat::connection_channels::tap();
+        let connection_tap: Arc<dyn Extension> = Arc::new(connection_tap);
+        let extensions: Vec<Arc<dyn Extension>> =
+            [protected, connection_tap].into_iter().chain(self.extensions).collect();
         let server = Server::new(
             engine.clone(),
             ServerSettings {
@@ -156,8 +160,21 @@ impl NodeBuilder {
         let chat = crate::chat::Chat::new(
             server.clone(),
             cluster.clone(),
-            chat_client,
+            chat_client.clone(),
             config.server_token.clone(),
+            shutdown.clone(),
+        );
+        crate::chat::connection_channels::spawn(
+            crate::chat::connection_channels::ConnectionChannels {
+                chat: chat.clone(),
+                server: server.clone(),
+                cluster: cluster.clone(),
+                client: chat_client,
+                server_token: config.server_token.clone(),
+                welcome: config.welcome_message.clone(),
+                sweep_interval: config.connection_sweep_interval,
+            },
+            connection_work,
             shutdown.clone(),
         );
         transport::serve(

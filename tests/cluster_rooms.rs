@@ -202,9 +202,12 @@ async fn shared_web_id_stays_while_another_node_holds_it(kind: Kind) {
     let b = h.node("node-b:1").await;
     assert_eq!(a.rooms().add("lobby", "web").await.unwrap(), RoomAdd::Added);
     assert_eq!(b.rooms().add("lobby", "web").await.unwrap(), RoomAdd::AlreadyMember);
+    assert_eq!(a.rooms().holders("web").await.unwrap(), ["node-a:1", "node-b:1"]);
+    assert!(a.rooms().holders("nobody").await.unwrap().is_empty());
     assert!(!a.rooms().remove("lobby", "web").await.unwrap(), "node b still holds it: no change, no announcement");
     assert_eq!(members(a, "lobby").await, ["web"]);
     assert_eq!(a.rooms().room_of("web").await.unwrap(), None, "node a's hold is gone");
+    assert_eq!(a.rooms().holders("web").await.unwrap(), ["node-b:1"]);
     assert!(b.rooms().remove("lobby", "web").await.unwrap(), "the last holder removes it");
     assert!(members(a, "lobby").await.is_empty());
 
@@ -233,6 +236,7 @@ async fn redis_remove_ignores_holders_that_are_not_peers() {
     let ghost = h.node("ghost:1").await;
     assert_eq!(h.cluster.rooms().add("lobby", "web").await.unwrap(), RoomAdd::Added);
     assert_eq!(ghost.rooms().add("lobby", "web").await.unwrap(), RoomAdd::AlreadyMember);
+    assert_eq!(h.cluster.rooms().holders("web").await.unwrap(), ["node-a:1"], "ghost is not a peer");
     assert!(h.cluster.rooms().remove("lobby", "web").await.unwrap());
     assert!(members(&h.cluster, "lobby").await.is_empty());
 }

@@ -38,6 +38,8 @@ async fn node(token: &str, redis: Option<&RedisServer>) -> Node {
 }
 
 /// A websocket Bayeux client subscribed to its own connection channel, as a v5 browser was.
+/// The subscription opens its chat connection (in `defaultRoom`, welcomed); these tests move
+/// connections with the Rust API, so `next` skips the welcome and `defaultRoom` traffic.
 struct ChatClient {
     ws: Ws,
     id: String,
@@ -50,11 +52,25 @@ impl ChatClient {
         let id = ws.handshake().await;
         ws.subscribe(&id, &format!("/client/websocket/connection/{id}")).await;
         ws.send_connect(&id).await;
-        Self { ws, id, pending: VecDeque::new() }
+        let mut client = Self { ws, id, pending: VecDeque::new() };
+        // Opened: the node's later registry changes cannot race the opening.
+        let welcome = client.next_any().await;
+        assert_eq!(welcome["context"], json!("api"), "{welcome}");
+        client
     }
 
-    /// The next chat message delivered to this client (bounded by WAIT).
+    /// The next chat message delivered to this client outside `defaultRoom` (bounded by WAIT).
     async fn next(&mut self) -> Value {
+        loop {
+            let m = self.next_any().await;
+            if m["room"] != json!("defaultRoom") {
+                return m;
+            }
+        }
+    }
+
+    /// The next message on the connection channel.
+    async fn next_any(&mut self) -> Value {
         loop {
             if let Some(m) = self.pending.pop_front() {
                 assert_eq!(m["channel"], json!(format!("/client/websocket/connection/{}", self.id)), "{m}");

@@ -109,6 +109,21 @@ return {'removed', redis.call('LREM', KEYS[1], 0, ARGV[1])}
     )
 });
 
+/// Holders. KEYS: peers list. ARGV: connection id, the index key prefix. Answers the
+/// live-listed nodes whose room index holds the connection (in `peers` order).
+static HOLDERS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local holders = {}
+for _, peer in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local index = ARGV[2] .. (string.gsub(peer, ':', '-'))
+  if redis.call('HEXISTS', index, ARGV[1]) == 1 then table.insert(holders, peer) end
+end
+return holders
+"#,
+    )
+});
+
 /// The memory backend's rooms: the lists and each node's index (raw node id → connection →
 /// room). Sibling handles play the other nodes.
 #[derive(Debug, Default)]
@@ -296,6 +311,30 @@ impl Rooms {
                 redis::cmd("HGET").arg(r.keys.room_index(&node)).arg(connection_id).query_async(&mut r.con()).await,
             ),
         }
+    }
+
+    /// The nodes holding the connection in a room (by their room indexes; on redis only
+    /// nodes listed in `actionHero:peers`), sorted: who can act for a connection this node
+    /// does not hold.
+    pub async fn holders(&self, connection_id: &str) -> Result<Vec<String>, ClusterError> {
+        let mut holders: Vec<String> = match &self.ctx.backend {
+            Backend::Memory(m) => guard(&m.rooms)
+                .indexes
+                .iter()
+                .filter(|(_, index)| index.contains_key(connection_id))
+                .map(|(node, _)| node.clone())
+                .collect(),
+            Backend::Redis(r) => r.check(
+                HOLDERS
+                    .key(r.keys.peers())
+                    .arg(connection_id)
+                    .arg(r.keys.room_index(""))
+                    .invoke_async(&mut r.con())
+                    .await,
+            )?,
+        };
+        holders.sort_unstable();
+        Ok(holders)
     }
 
     /// Names of the rooms that have members, sorted. On redis a SCAN over

@@ -21,6 +21,15 @@ pub trait Extension: Send + Sync + 'static {
     /// (e.g. `403::Forbidden`) rejects it: it is not acted on and the reply carries the error.
     fn incoming(&self, _message: &mut Message, _request: &RequestContext) {}
 
+    /// Takes a publish for the server's own use (spec §6.3: a client's verbs on its
+    /// connection channel are "intercepted and not relayed"): when an extension answers true
+    /// for a publish that passed `incoming` and validation, the publisher gets a successful
+    /// reply and nobody receives the message. The extension hands it to its own handler.
+    /// `Err(error)` refuses the publish with that Bayeux error (e.g. the handler is full).
+    fn consumes(&self, _message: &Message, _request: &RequestContext) -> Result<bool, String> {
+        Ok(false)
+    }
+
     /// Sees each reply and each delivered message before it is written. `recipient` is the
     /// client a delivered message goes to, `None` for replies.
     fn outgoing(&self, _message: &mut Message, _recipient: Option<&str>) {}

@@ -298,7 +298,7 @@ impl Server {
             self.advise(&mut reply, message.connection_type.as_deref());
             Ok(Item::Ready(reply))
         } else {
-            self.publish(message).await
+            self.publish(message, ctx).await
         }
     }
 

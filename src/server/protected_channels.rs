@@ -19,7 +19,11 @@
 //!   (v5): an external client may subscribe only to the one whose id is its Bayeux client id,
 //!   and never through a wildcard under `/client`; others get `403:{channel}:You cannot
 //!   subscribe to another client's channel`. Messages there skip the `/**` expansion too, so
-//!   nobody reads another connection's chat through a root wildcard.
+//!   nobody reads another connection's chat through a root wildcard. An external client may
+//!   publish (its chat verbs) only on its own connection channel; publishing on another's is
+//!   refused with `403:{channel}:Only its own client may publish on a connection channel` (v5
+//!   took any client's message there as the connection's own, which let one client speak for
+//!   another; the text has no apostrophe, so Faye clients parse the error's code).
 //!
 //! Every node installs it; the node's own publishes carry the token and pass.
 
@@ -42,6 +46,9 @@ pub const CONNECTION_PREFIX: &str = "/client/websocket/connection/";
 
 /// Error text of a subscription to another client's connection channel.
 pub const OTHER_CLIENTS_CHANNEL: &str = "You cannot subscribe to another client's channel";
+
+/// Error text of a publish by an external client to another client's connection channel.
+pub const OTHER_CLIENTS_PUBLISH: &str = "Only its own client may publish on a connection channel";
 
 /// True for a channel (or pattern) beginning with `/actionHero`.
 pub fn is_protected(name: &str) -> bool {
@@ -145,6 +152,11 @@ impl Extension for ProtectedChannels {
                 tracing::debug!(client_id = ?message.client_id, remote = ?request.remote_addr, %error, "subscription to protected actionHero channels refused");
                 message.error = Some(error);
             }
+        } else if let Some(owner) = name.strip_prefix(CONNECTION_PREFIX) {
+            if !request.local && message.client_id.as_deref() != Some(owner) {
+                tracing::debug!(channel = name, client_id = ?message.client_id, remote = ?request.remote_addr, "publish on another client's connection channel refused");
+                message.error = Some(refusal(name, OTHER_CLIENTS_PUBLISH));
+            }
         } else if is_protected(name) && !self.authorised(message.data.as_deref()) {
             tracing::debug!(channel = name, client_id = ?message.client_id, remote = ?request.remote_addr, local = request.local, "publish on protected actionHero channel refused");
             message.error = Some(refusal(name, TOKEN_MISMATCH));
@@ -247,6 +259,20 @@ mod tests {
             m.client_id = Some("abc".into());
             assert_eq!(verdict(&mut m, false), None, "{open}");
         }
+        let mut own_publish = publish("/client/websocket/connection/abc", r#"{"event":"say"}"#);
+        own_publish.client_id = Some("abc".into());
+        assert_eq!(verdict(&mut own_publish, false), None);
+        let mut other_publish = publish("/client/websocket/connection/xyz", r#"{"event":"say"}"#);
+        other_publish.client_id = Some("abc".into());
+        assert_eq!(
+            verdict(&mut other_publish, false),
+            Some("403:/client/websocket/connection/xyz:Only its own client may publish on a connection channel".into())
+        );
+        assert_eq!(
+            verdict(&mut publish("/client/websocket/connection/xyz", "{}"), true),
+            None,
+            "the node's own replies"
+        );
         assert!(is_private("/client/websocket/connection/abc") && is_private("/actionHero/chat"));
         assert!(!is_private("/client/other"));
     }

@@ -18,6 +18,11 @@
 //!   `/client/websocket/connection/{id}`.
 //!
 //! Chat is at-most-once (item 28 accepted for chat): nothing work-related depends on it.
+//!
+//! Plain Bayeux clients drive their own connection through their connection channel:
+//! [`connection_channels`].
+
+pub mod connection_channels;
 
 use crate::client::{Client, ClientBuilder, ClientError, Delivery, Subscription};
 use crate::cluster::{Cluster, ClusterError, RoomAdd};
