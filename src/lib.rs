@@ -12,6 +12,7 @@
 pub mod chat;
 pub mod client;
 pub mod cluster;
+pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod node;
@@ -35,6 +36,7 @@ pub use cluster::{
     TaskFailure, TaskRecord, TaskScope, TaskSettings, Tasks,
 };
 pub use cluster::{RoomAdd, RoomStatus, Rooms};
+pub use commands::{CommandCall, CommandError, CommandResponse, CommandResult, Commands};
 pub use config::{Config, ConfigError};
 pub use node::{Node, NodeBuilder, NodeError};
 pub use protocol::{BayeuxError, Message};

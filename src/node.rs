@@ -49,7 +49,11 @@ pub struct NodeBuilder {
     config: Config,
     extensions: Vec<Arc<dyn Extension>>,
     tasks: Vec<TaskDefinition>,
+    commands: Vec<CommandRegistration>,
 }
+
+/// Registers one builder-given command handler on the node's commands at start.
+type CommandRegistration = Box<dyn FnOnce(&crate::commands::Commands) + Send>;
 
 impl NodeBuilder {
     /// Adds a server extension (applied in the order added).
@@ -62,6 +66,18 @@ impl NodeBuilder {
     /// seeded at join).
     pub fn task(mut self, definition: TaskDefinition) -> Self {
         self.tasks.push(definition);
+        self
+    }
+
+    /// Makes the node answer cluster command `method` (on `/actionHero/cluster`) with
+    /// `handler` from its start.
+    pub fn command<F, Fut>(mut self, method: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(crate::commands::CommandCall) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = crate::commands::CommandResult> + Send + 'static,
+    {
+        let method = method.into();
+        self.commands.push(Box::new(move |commands| commands.register(method, handler)));
         self
     }
 
@@ -164,6 +180,20 @@ impl NodeBuilder {
             config.server_token.clone(),
             shutdown.clone(),
         );
+        let commands = crate::commands::Commands::new(
+            server.clone(),
+            cluster.clone(),
+            chat.clone(),
+            chat_client.clone(),
+            config.server_token.clone(),
+            shutdown.clone(),
+        );
+        if !self.commands.is_empty() {
+            for register in self.commands {
+                register(&commands);
+            }
+            commands.start().await;
+        }
         crate::chat::connection_channels::spawn(
             crate::chat::connection_channels::ConnectionChannels {
                 chat: chat.clone(),
@@ -198,7 +228,7 @@ impl NodeBuilder {
         );
         let engine_name = if config.redis_url.is_some() { "redis" } else { "memory" };
         tracing::info!(%local_addr, mount = %config.mount, engine = engine_name, "node started");
-        Ok(Node { config, local_addr, server, cluster, chat, shutdown, tracker })
+        Ok(Node { config, local_addr, server, cluster, chat, commands, shutdown, tracker })
     }
 }
 
@@ -210,6 +240,7 @@ pub struct Node {
     cluster: Cluster,
     shutdown: CancellationToken,
     chat: crate::chat::Chat,
+    commands: crate::commands::Commands,
     tracker: TaskTracker,
 }
 
@@ -221,7 +252,7 @@ impl Node {
 
     /// A builder, to add extensions before starting.
     pub fn builder(config: Config) -> NodeBuilder {
-        NodeBuilder { config, extensions: Vec::new(), tasks: Vec::new() }
+        NodeBuilder { config, extensions: Vec::new(), tasks: Vec::new(), commands: Vec::new() }
     }
 
     /// The address actually bound.
@@ -260,6 +291,11 @@ impl Node {
     /// redis URL, in memory otherwise.
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// The node's cluster commands on `/actionHero/cluster`: call other nodes, answer them.
+    pub fn commands(&self) -> &crate::commands::Commands {
+        &self.commands
     }
 
     /// The node's chat: registered connections, rooms, broadcasts on `/actionHero/chat`.

@@ -15,7 +15,9 @@ const RULES: &[(&str, &[&str])] = &[
     ("cluster", &["server", "transport", "client", "node", "config"]),
     // chat is node-level wiring of cluster rooms onto the Bayeux server; it never reaches
     // into HTTP or the engines, nor back into the node.
-    ("chat", &["transport", "engine", "node"]),
+    ("chat", &["transport", "engine", "node", "commands"]),
+    // cluster commands: node-level like chat (they target chat connections).
+    ("commands", &["transport", "engine", "node"]),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
