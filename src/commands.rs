@@ -22,7 +22,7 @@
 //! before it reports started. Every listening node answers `ping` with its node id;
 //! applications add methods with [`Commands::register`].
 
-use crate::chat::Chat;
+use crate::chat::{Chat, carries_token};
 use crate::client::{Client, ClientBuilder, ClientError, Subscription};
 use crate::cluster::{Cluster, ClusterError};
 use crate::protocol::BayeuxError;
@@ -332,11 +332,10 @@ impl Commands {
 
     /// One message on the command channel: a request to run, or an answer to hand over.
     fn receive(&self, message: Value) {
-        let server_id = message.get("serverId").and_then(Value::as_str).unwrap_or("unknown").to_string();
-        if message.get("serverToken").and_then(Value::as_str) != Some(self.inner.token.as_str()) {
-            tracing::warn!(server_id, "message token miss-match from {server_id}");
+        if !carries_token(&message, &self.inner.token) {
             return;
         }
+        let server_id = message.get("serverId").and_then(Value::as_str).unwrap_or("unknown").to_string();
         let Some(request_id) = message.get("requestId").and_then(Value::as_str) else {
             tracing::warn!(server_id, "cluster commands: message without a requestId dropped");
             return;

@@ -28,7 +28,7 @@
 //! order it sent them. The queue is bounded; a full queue refuses the publish with a Bayeux
 //! error instead of dropping it.
 
-use super::{Chat, DEFAULT_ROOM, connection_channel};
+use super::{Chat, DEFAULT_ROOM, carries_token, connection_channel, now_ms};
 use crate::client::{Client, ClientBuilder, Subscription};
 use crate::cluster::Cluster;
 use crate::protocol::{BayeuxError, Message, channel};
@@ -171,10 +171,6 @@ struct Task {
     /// The rebroadcast listener's client, once started (redis clusters only).
     listener: Option<Client>,
     shutdown: CancellationToken,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn failure(error: impl std::fmt::Display) -> Map<String, Value> {
@@ -446,11 +442,10 @@ async fn relay_rebroadcasts(
             },
         };
         let raw = delivery.json();
-        let server_id = raw.get("serverId").and_then(Value::as_str).unwrap_or("unknown");
-        if raw.get("serverToken").and_then(Value::as_str) != Some(token.as_str()) {
-            tracing::warn!(server_id, "message token miss-match from {server_id}");
+        if !carries_token(&raw, &token) {
             continue;
         }
+        let server_id = raw.get("serverId").and_then(Value::as_str).unwrap_or("unknown");
         if *server_id == *cluster.node_id() {
             continue;
         }

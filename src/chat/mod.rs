@@ -165,8 +165,20 @@ impl std::fmt::Debug for Chat {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch by this node's clock (chat's `sentAt`, `connectedAt`).
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// True when a payload between the nodes (`/actionHero/…`) carries this cluster's `token`;
+/// otherwise logs v5's `message token miss-match from {serverId}` for the receiver to drop it.
+pub(crate) fn carries_token(payload: &Value, token: &str) -> bool {
+    if payload.get("serverToken").and_then(Value::as_str) == Some(token) {
+        return true;
+    }
+    let server_id = payload.get("serverId").and_then(Value::as_str).unwrap_or("unknown");
+    tracing::warn!(server_id, "message token miss-match from {server_id}");
+    false
 }
 
 impl Chat {
@@ -391,11 +403,8 @@ impl Chat {
     /// One `/actionHero/chat` delivery: checked, then handed to the matching connections.
     async fn receive(&self, delivery: &Delivery) {
         let raw = delivery.json();
-        let token = raw.get("serverToken").and_then(Value::as_str);
-        if token.is_none_or(|t| t != self.inner.token) {
-            let server_id = raw.get("serverId").and_then(Value::as_str).unwrap_or("unknown");
+        if !carries_token(&raw, &self.inner.token) {
             self.inner.token_mismatches.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(server_id, "message token miss-match from {server_id}");
             return;
         }
         let payload: ChatPayload = match serde_json::from_value(raw) {
