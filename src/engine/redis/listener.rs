@@ -121,7 +121,7 @@ pub(super) async fn run(inner: Weak<Inner>, shutdown: CancellationToken) {
 }
 
 #[cfg(test)]
-#[allow(clippy::expect_used, clippy::unwrap_used, unreachable_pub, dead_code)]
+#[allow(clippy::expect_used, clippy::unwrap_used, unreachable_pub)]
 #[path = "../../../tests/common/redis_server.rs"]
 mod redis_server;
 
