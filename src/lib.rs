@@ -4,9 +4,12 @@
 //! Layers, each importing only those before it:
 //! `protocol` (pure wire model) → `engine` (clients, subscriptions, queues) → `server`
 //! (Bayeux processing, sessions, extensions) → `transport` (HTTP, websocket); `node` wires
-//! them from a [`Config`]. Beside them, `cluster` (cache, stats, web messages shared by the
-//! nodes, in memory or in redis) imports only `protocol`, `redis_conn` and `telemetry`.
-//! `chat` (rooms' delivery over `/actionHero/chat`) is node-level wiring beside `node`.
+//! them from a [`Config`]. Beside them, `cluster` (cache, stats, web messages, rooms, tasks and
+//! peers shared by the nodes, in memory or in redis) imports only `protocol`, `redis_conn`
+//! and `telemetry`. Two node-level pieces need both the Bayeux server and the cluster, and sit
+//! beside `node`: `chat` (rooms' delivery over `/actionHero/chat`, and Faye clients' chat
+//! verbs on their connection channels) and `commands` (cluster commands over
+//! `/actionHero/cluster`, which may target a chat connection).
 #![forbid(unsafe_code)]
 
 pub mod chat;
