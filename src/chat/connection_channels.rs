@@ -66,19 +66,19 @@ enum Work {
 /// The server extension feeding the connection task: successful subscribes to a connection
 /// channel, the verbs published there (consumed), and disconnects.
 #[derive(Debug, Clone)]
-pub struct ConnectionChannelTap {
+pub(crate) struct ConnectionChannelTap {
     queue: mpsc::Sender<Work>,
 }
 
 /// The receiving end of a [`ConnectionChannelTap`], handed to [`spawn`].
 #[derive(Debug)]
-pub struct ConnectionWork {
+pub(crate) struct ConnectionWork {
     queue: mpsc::Sender<Work>,
     work: mpsc::Receiver<Work>,
 }
 
 /// A tap for the server and the work queue it fills.
-pub fn tap() -> (ConnectionChannelTap, ConnectionWork) {
+pub(crate) fn tap() -> (ConnectionChannelTap, ConnectionWork) {
     let (queue, work) = mpsc::channel(QUEUE_CAPACITY);
     (ConnectionChannelTap { queue: queue.clone() }, ConnectionWork { queue, work })
 }
