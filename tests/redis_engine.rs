@@ -226,3 +226,57 @@ async fn expired_clients_are_collected_by_another_node() {
     let members: Vec<String> = redis::cmd("SMEMBERS").arg("faye/channels/gc/me").query_async(&mut con).await.unwrap();
     assert!(members.is_empty(), "{members:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_drains_share_batches_and_each_client_gets_its_own_queue() {
+    use actioncluster::engine::redis::{RedisEngine, RedisSettings};
+    use actioncluster::engine::{Engine, Envelope};
+    use actioncluster::telemetry::Metrics;
+    use std::sync::Arc;
+
+    let redis = RedisServer::start().await;
+    let engine = RedisEngine::connect(RedisSettings {
+        url: redis.url(),
+        namespace: "faye".into(),
+        timeout: Duration::from_secs(30),
+        gc_interval: Duration::from_secs(3600),
+        metrics: Arc::new(Metrics::default()),
+        max_queue_bytes: 0,
+    })
+    .await
+    .unwrap();
+    // More clients than one batch holds, each with its own channel and one shared channel.
+    const CLIENTS: usize = 600;
+    let mut ids = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let id = engine.create_client().await.unwrap();
+        assert!(engine.subscribe(&id, &format!("/own/{i}")).await.unwrap());
+        assert!(engine.subscribe(&id, "/shared").await.unwrap());
+        ids.push(id);
+    }
+    let message = |channel: &str, data: Value| {
+        let m: actioncluster::Message =
+            serde_json::from_value(json!({"channel": channel, "data": data, "id": "1"})).unwrap();
+        Envelope::new(&m)
+    };
+    for i in 0..CLIENTS {
+        engine.publish(message(&format!("/own/{i}"), json!(i))).await.unwrap();
+    }
+    engine.publish(message("/shared", json!("all"))).await.unwrap();
+
+    // Every client drained at once: the drains ride on shared script calls, and each answer
+    // must still be its own client's queue.
+    let drains = ids.iter().map(|id| engine.take_queued(id));
+    let taken = futures_util::future::join_all(drains).await;
+    for (i, queue) in taken.into_iter().enumerate() {
+        let data: Vec<Value> = queue
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_slice::<Value>(&e.encoded).unwrap()["data"].clone())
+            .collect();
+        assert_eq!(data, [json!(i), json!("all")], "client {i}");
+    }
+    for id in &ids {
+        assert!(engine.take_queued(id).await.unwrap().is_empty(), "a drained queue is empty");
+    }
+}

@@ -86,7 +86,7 @@ pub enum SubscribeOutcome {
 pub type SharedEnvelope = Arc<Envelope>;
 
 /// Why an engine operation failed.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum EngineError {
     /// The backing store cannot be reached right now.
     #[error("engine unavailable: {0}")]

@@ -18,6 +18,7 @@ use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// How a node reaches redis and which part of it it uses.
@@ -54,6 +55,58 @@ pub(crate) struct Inner {
     /// False from the first failure of an outage until the next success: one warning each way.
     healthy: AtomicBool,
     listening: AtomicBool,
+    /// The queue of the drain batcher, started with the first drain.
+    drains: OnceLock<mpsc::UnboundedSender<DrainRequest>>,
+}
+
+/// One client's drain waiting for the next batch.
+struct DrainRequest {
+    queue: String,
+    reply: oneshot::Sender<Result<Vec<Vec<u8>>, EngineError>>,
+}
+
+/// Most queues taken by one script call.
+const DRAIN_BATCH: usize = 256;
+
+/// Takes the queues of every client whose drain was asked while the previous batch was in
+/// flight, in one script call: under load one round trip serves many clients; alone, a drain
+/// goes out at once.
+async fn drain_batches(inner: std::sync::Weak<Inner>, mut requests: mpsc::UnboundedReceiver<DrainRequest>) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < DRAIN_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let mut invocation = scripts::TAKE_QUEUES.prepare_invoke();
+        for request in &batch {
+            invocation.key(&request.queue);
+        }
+        let result: redis::RedisResult<Vec<Vec<Vec<u8>>>> = invocation.invoke_async(&mut inner.con()).await;
+        match inner.check(result) {
+            Ok(lists) if lists.len() == batch.len() => {
+                for (request, list) in batch.into_iter().zip(lists) {
+                    let _ = request.reply.send(Ok(list));
+                }
+            }
+            Ok(lists) => {
+                tracing::warn!(asked = batch.len(), answered = lists.len(), "drain batch answer of the wrong length");
+                for request in batch {
+                    let _ = request
+                        .reply
+                        .send(Err(EngineError::Unavailable("drain batch answer of the wrong length".into())));
+                }
+            }
+            Err(e) => {
+                for request in batch {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// Engine backed by redis (faye-redis compatible).
@@ -184,6 +237,7 @@ impl RedisEngine {
                 observer: OnceLock::new(),
                 healthy: AtomicBool::new(true),
                 listening: AtomicBool::new(false),
+                drains: OnceLock::new(),
             }),
         })
     }
@@ -326,11 +380,17 @@ impl Engine for RedisEngine {
     }
 
     async fn take_queued(&self, client_id: &str) -> Result<Vec<SharedEnvelope>, EngineError> {
-        let r: redis::RedisResult<Vec<Vec<u8>>> = scripts::TAKE_QUEUE
-            .key(self.inner.keys.client_messages(client_id))
-            .invoke_async(&mut self.inner.con())
-            .await;
-        let raw = self.inner.check(r)?;
+        let drains = self.inner.drains.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(drain_batches(Arc::downgrade(&self.inner), rx));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        let request = DrainRequest { queue: self.inner.keys.client_messages(client_id), reply };
+        if drains.send(request).is_err() {
+            return Err(EngineError::Unavailable("drain batcher stopped".into()));
+        }
+        let raw = answer.await.map_err(|_| EngineError::Unavailable("drain batcher stopped".into()))??;
         let mut out = Vec::with_capacity(raw.len());
         for json in raw {
             match Envelope::from_json(json.into()) {

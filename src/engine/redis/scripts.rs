@@ -61,14 +61,19 @@ return 1
     )
 });
 
-/// Take a client's queue. KEYS[1]: the queue. Returns every message and deletes the list in
-/// one step, so a message is either returned once or still queued.
-pub(crate) static TAKE_QUEUE: LazyLock<redis::Script> = LazyLock::new(|| {
+/// Take several clients' queues. KEYS: the queues. Returns one array of messages per key, in
+/// KEYS order; each queue is read and deleted in the same step, so a message is either
+/// returned once or still queued. One call drains every client notified meanwhile.
+pub(crate) static TAKE_QUEUES: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
-local messages = redis.call('LRANGE', KEYS[1], 0, -1)
-if #messages > 0 then redis.call('DEL', KEYS[1]) end
-return messages
+local out = {}
+for i, key in ipairs(KEYS) do
+  local messages = redis.call('LRANGE', key, 0, -1)
+  if #messages > 0 then redis.call('DEL', key) end
+  out[i] = messages
+end
+return out
 "#,
     )
 });
