@@ -116,6 +116,8 @@ struct Inner {
     pending: Mutex<HashMap<String, mpsc::UnboundedSender<CommandResponse>>>,
     client: ClientBuilder,
     listener: tokio::sync::OnceCell<Client>,
+    /// Set once the background start (with its retries) was launched.
+    starting: std::sync::atomic::AtomicBool,
     shutdown: CancellationToken,
 }
 
@@ -166,6 +168,7 @@ impl Commands {
                 pending: Mutex::new(HashMap::new()),
                 client,
                 listener: tokio::sync::OnceCell::new(),
+                starting: std::sync::atomic::AtomicBool::new(false),
                 shutdown,
             }),
         }
@@ -179,24 +182,22 @@ impl Commands {
         self.inner.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts listening (the node does so before it reports started when it was built with
-    /// commands, so it hears them from the start); a failed start is retried in the
-    /// background (a server extension refusing in-process clients only costs the commands,
-    /// not the node).
-    pub(crate) async fn start(&self) {
-        if self.ensure_listening().await.is_ok() {
+    /// Starts listening in the background, once: a failed start is retried (a server
+    /// extension refusing in-process clients only costs the commands, not the node).
+    pub(crate) fn start(&self) {
+        if self.inner.starting.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
         let commands = self.clone();
         tokio::spawn(async move {
             for attempt in 0.. {
+                if commands.ensure_listening().await.is_ok() {
+                    return;
+                }
                 let pause = LISTEN_RETRY[attempt.min(LISTEN_RETRY.len() - 1)];
                 tokio::select! {
                     _ = commands.inner.shutdown.cancelled() => return,
                     _ = tokio::time::sleep(pause) => {}
-                }
-                if commands.ensure_listening().await.is_ok() {
-                    return;
                 }
             }
         });
@@ -232,8 +233,7 @@ impl Commands {
         let handler: Handler = Arc::new(move |call| Box::pin(handler(call)));
         self.inner.handlers.write().unwrap_or_else(PoisonError::into_inner).insert(method.into(), handler);
         if self.inner.listener.get().is_none() {
-            let commands = self.clone();
-            tokio::spawn(async move { commands.start().await });
+            self.start();
         }
     }
 

@@ -190,9 +190,12 @@ impl NodeBuilder {
         );
         if !self.commands.is_empty() {
             for register in self.commands {
-                register(&commands);
+                register(&commands); // starts the listener in the background
             }
-            commands.start().await;
+            // A node built with commands hears them from the moment it reports started.
+            if let Err(e) = commands.ready().await {
+                tracing::warn!(error = %e, "cluster commands not listening yet; retrying in the background");
+            }
         }
         crate::chat::connection_channels::spawn(
             crate::chat::connection_channels::ConnectionChannels {
