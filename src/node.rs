@@ -223,6 +223,12 @@ impl NodeBuilder {
                 max_connections: config.max_connections,
                 redis_configured: config.redis_url.is_some(),
                 status: Some(Arc::new(ClusterStatus(cluster.clone()))),
+                web_chat: Some(Arc::new(WebChatAction(crate::chat::web_clients::WebClients::new(
+                    chat.clone(),
+                    cluster.clone(),
+                    config.web_message_ttl,
+                    shutdown.clone(),
+                )))),
                 #[cfg(feature = "tls")]
                 tls,
             },
@@ -323,6 +329,20 @@ impl Node {
         if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait()).await.is_err() {
             tracing::warn!("shutdown grace elapsed with connections still open");
         }
+    }
+}
+
+/// The web clients' chat action behind `/api/chat`.
+struct WebChatAction(crate::chat::web_clients::WebClients);
+
+#[async_trait::async_trait]
+impl transport::WebChatService for WebChatAction {
+    async fn chat(&self, request: transport::WebChatRequest) -> transport::WebChatResponse {
+        let (status, body, cookies) = self
+            .0
+            .handle(request.fingerprint.as_deref(), request.room.as_deref(), request.params, &request.remote_ip)
+            .await;
+        transport::WebChatResponse { status, body, cookies }
     }
 }
 

@@ -23,6 +23,7 @@
 //! [`connection_channels`].
 
 pub mod connection_channels;
+pub(crate) mod web_clients;
 
 use crate::client::{Client, ClientBuilder, ClientError, Delivery, Subscription};
 use crate::cluster::{Cluster, ClusterError, RoomAdd};
@@ -134,6 +135,8 @@ pub struct ChatConnection {
     pub listening: BTreeSet<String>,
     /// Properties a room match compares against.
     pub properties: Map<String, Value>,
+    /// An HTTP (web) client: its chat goes to its web-message mailbox, not to a channel.
+    pub web: bool,
 }
 
 struct Inner {
@@ -259,6 +262,17 @@ impl Chat {
             .or_insert_with(|| ChatConnection { id: connection_id.to_string(), ..ChatConnection::default() });
         entry.properties = properties;
         tracing::debug!(connection_id, "chat connection registered");
+    }
+
+    /// Registers an HTTP client of this node (its browser fingerprint as id), in no room yet:
+    /// what it hears is stored in its web-message mailbox (§7), not published.
+    pub fn register_web(&self, connection_id: &str) {
+        let mut registry = self.registry();
+        let entry = registry
+            .entry(connection_id.to_string())
+            .or_insert_with(|| ChatConnection { id: connection_id.to_string(), ..ChatConnection::default() });
+        entry.web = true;
+        tracing::debug!(connection_id, "chat web connection registered");
     }
 
     /// The registered connection, as it is now.
@@ -426,15 +440,35 @@ impl Chat {
             "context": "user",
             "sentAt": payload.sent_at,
         });
-        for id in &recipients {
-            if let Err(e) = self.inner.server.publish_local(&connection_channel(id), &out).await {
+        for (id, web) in &recipients {
+            if *web {
+                self.store_for_web_client(id, &out).await;
+            } else if let Err(e) = self.inner.server.publish_local(&connection_channel(id), &out).await {
                 tracing::warn!(connection_id = %id, error = %e, "chat: delivery to a connection failed");
             }
         }
     }
 
+    /// A web client's chat goes to its mailbox. Its fingerprint may be held by several nodes
+    /// (§C6.6): only the first holder in node-id order stores, so it is stored once.
+    async fn store_for_web_client(&self, id: &str, out: &Value) {
+        let cluster = &self.inner.cluster;
+        match cluster.rooms().holders(id).await {
+            Ok(holders) => {
+                if holders.first().is_some_and(|first| **first != *cluster.node_id()) {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(connection_id = %id, error = %e, "chat: holders unknown; storing here"),
+        }
+        if let Err(e) = cluster.web_messages().store(id, out).await {
+            tracing::warn!(connection_id = %id, error = %e, "chat: web message not stored");
+        }
+    }
+
     /// The §6.2 rule: same room or listening, never the sender, and the room match if any.
-    fn recipients(&self, sender: &ChatSender) -> Vec<String> {
+    /// Each recipient with whether it is a web client.
+    fn recipients(&self, sender: &ChatSender) -> Vec<(String, bool)> {
         self.registry()
             .values()
             .filter(|c| c.id != sender.id)
@@ -446,7 +480,7 @@ impl Chat {
                     c.properties.get(key).unwrap_or(&Value::Null) == expected
                 }
             })
-            .map(|c| c.id.clone())
+            .map(|c| (c.id.clone(), c.web))
             .collect()
     }
 }

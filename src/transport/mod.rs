@@ -6,6 +6,7 @@ pub mod eventsource;
 pub mod long_polling;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod web_chat;
 pub mod websocket;
 
 use crate::server::Server;
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+pub use web_chat::{WebChatRequest, WebChatResponse, WebChatService};
 
 /// Response body of every reply: a whole buffer or an event stream.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -53,6 +55,8 @@ pub struct TransportSettings {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// What `GET /status` reports (the node's cluster view); `None` answers 404.
     pub status: Option<Arc<dyn StatusSource>>,
+    /// The chat action of web clients at `/api/chat`; `None` answers 404.
+    pub web_chat: Option<Arc<dyn WebChatService>>,
 }
 
 /// The read-only operator view behind `GET /status`, supplied by the node (the transport
@@ -197,6 +201,9 @@ async fn handle(
             (&Method::GET, "/metrics") => metrics(&shared),
             (&Method::GET, "/healthz") => healthz(&shared).await,
             (&Method::GET, "/status") => status(&shared).await,
+            (&Method::GET | &Method::POST, p) if web_chat::is_api_path(p) => {
+                web_chat::handle(&shared, req, remote).await
+            }
             _ => text(StatusCode::NOT_FOUND, "Not found"),
         };
     }
