@@ -254,24 +254,25 @@ impl Chat {
         self.inner.connections.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a connection of this node (or replaces its properties), in no room yet.
-    pub fn register(&self, connection_id: &str, properties: Map<String, Value>) {
+    /// Applies `change` to the connection's entry, created (in no room) when missing.
+    fn upsert(&self, connection_id: &str, change: impl FnOnce(&mut ChatConnection)) {
         let mut registry = self.registry();
         let entry = registry
             .entry(connection_id.to_string())
             .or_insert_with(|| ChatConnection { id: connection_id.to_string(), ..ChatConnection::default() });
-        entry.properties = properties;
+        change(entry);
+    }
+
+    /// Registers a connection of this node (or replaces its properties), in no room yet.
+    pub fn register(&self, connection_id: &str, properties: Map<String, Value>) {
+        self.upsert(connection_id, |entry| entry.properties = properties);
         tracing::debug!(connection_id, "chat connection registered");
     }
 
     /// Registers an HTTP client of this node (its browser fingerprint as id), in no room yet:
     /// what it hears is stored in its web-message mailbox (§7), not published.
     pub fn register_web(&self, connection_id: &str) {
-        let mut registry = self.registry();
-        let entry = registry
-            .entry(connection_id.to_string())
-            .or_insert_with(|| ChatConnection { id: connection_id.to_string(), ..ChatConnection::default() });
-        entry.web = true;
+        self.upsert(connection_id, |entry| entry.web = true);
         tracing::debug!(connection_id, "chat web connection registered");
     }
 
