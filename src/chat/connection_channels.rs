@@ -51,6 +51,9 @@ pub const NO_ACTIONS: &str = "unknown action or invalid apiVersion";
 /// Work items waiting at most; beyond, publishes on connection channels are refused.
 const QUEUE_CAPACITY: usize = 10_000;
 
+/// Client checks a sweep runs at once.
+const SWEEP_CONCURRENCY: usize = 32;
+
 /// What the node's connection task does next.
 #[derive(Debug)]
 enum Work {
@@ -241,18 +244,35 @@ impl Task {
         tracing::debug!(client_id, "chat connection closed");
     }
 
-    /// Ends the connections whose client the engine no longer knows.
+    /// Ends the connections whose client the engine no longer knows. The checks run a few
+    /// dozen at a time (one redis round trip each), not one after another.
     async fn sweep(&mut self) {
+        let engine = self.setup.server.engine().clone();
         let ids: Vec<String> = self.held.keys().cloned().collect();
-        for id in ids {
-            match self.setup.server.engine().client_exists(&id).await {
+        let checked: Vec<(String, Result<bool, _>)> = futures_util::stream::iter(ids)
+            .map(|id| {
+                let engine = engine.clone();
+                async move {
+                    let exists = engine.client_exists(&id).await;
+                    (id, exists)
+                }
+            })
+            .buffer_unordered(SWEEP_CONCURRENCY)
+            .collect()
+            .await;
+        let mut unanswered = 0;
+        for (id, exists) in checked {
+            match exists {
                 Ok(true) => {}
                 Ok(false) => self.close(&id).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "chat connections: sweep stopped, the engine did not answer");
-                    return;
-                }
+                Err(_) => unanswered += 1,
             }
+        }
+        if unanswered > 0 {
+            tracing::warn!(
+                unanswered,
+                "chat connections: the engine did not answer for some clients; checked again next sweep"
+            );
         }
     }
 
