@@ -22,8 +22,9 @@
 //! before it reports started. Every listening node answers `ping` with its node id;
 //! applications add methods with [`Commands::register`].
 
+use crate::chat::node_client::NodeClient;
 use crate::chat::{Chat, carries_token};
-use crate::client::{Client, ClientBuilder, ClientError, Subscription};
+use crate::client::{ClientError, Subscription};
 use crate::cluster::{Cluster, ClusterError};
 use crate::protocol::BayeuxError;
 use crate::server::Server;
@@ -114,8 +115,9 @@ struct Inner {
     handlers: RwLock<HashMap<String, Handler>>,
     /// Calls waiting for answers, by request id.
     pending: Mutex<HashMap<String, mpsc::UnboundedSender<CommandResponse>>>,
-    client: ClientBuilder,
-    listener: tokio::sync::OnceCell<Client>,
+    client: NodeClient,
+    /// Set once this node listens on the command channel.
+    listening: tokio::sync::OnceCell<()>,
     /// Set once the background start (with its retries) was launched.
     starting: std::sync::atomic::AtomicBool,
     shutdown: CancellationToken,
@@ -148,13 +150,13 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl Commands {
-    /// The commands of a node: publishes through `server`, `client` builds the in-process
-    /// listener on `/actionHero/cluster`.
+    /// The commands of a node: publishes through `server`, listens on `/actionHero/cluster`
+    /// with the node's in-process `client`.
     pub(crate) fn new(
         server: Server,
         cluster: Cluster,
         chat: Chat,
-        client: ClientBuilder,
+        client: NodeClient,
         server_token: String,
         shutdown: CancellationToken,
     ) -> Commands {
@@ -167,7 +169,7 @@ impl Commands {
                 handlers: RwLock::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
                 client,
-                listener: tokio::sync::OnceCell::new(),
+                listening: tokio::sync::OnceCell::new(),
                 starting: std::sync::atomic::AtomicBool::new(false),
                 shutdown,
             }),
@@ -205,13 +207,12 @@ impl Commands {
 
     async fn ensure_listening(&self) -> Result<(), CommandError> {
         self.inner
-            .listener
+            .listening
             .get_or_try_init(|| async {
-                let client = self.inner.client.clone().build().await?;
-                let subscription = client.subscribe(COMMAND_CHANNEL).await?;
+                let subscription = self.inner.client.subscribe(COMMAND_CHANNEL).await?;
                 tokio::spawn(self.clone().receive_all(subscription));
                 tracing::debug!(channel = COMMAND_CHANNEL, "cluster commands listening");
-                Ok::<_, CommandError>(client)
+                Ok::<_, CommandError>(())
             })
             .await
             .map(|_| ())
@@ -232,7 +233,7 @@ impl Commands {
     {
         let handler: Handler = Arc::new(move |call| Box::pin(handler(call)));
         self.inner.handlers.write().unwrap_or_else(PoisonError::into_inner).insert(method.into(), handler);
-        if self.inner.listener.get().is_none() {
+        if self.inner.listening.get().is_none() {
             self.start();
         }
     }

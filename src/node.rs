@@ -172,11 +172,13 @@ impl NodeBuilder {
             cluster.tasks().define(definition);
         }
         cluster.start(shutdown.clone());
-        let chat_client = Client::in_process(Arc::new(LocalServer(server.clone())));
+        // One in-process client for the node's own listeners (chat, rebroadcast, commands).
+        let node_client =
+            crate::chat::node_client::NodeClient::new(Client::in_process(Arc::new(LocalServer(server.clone()))));
         let chat = crate::chat::Chat::new(
             server.clone(),
             cluster.clone(),
-            chat_client.clone(),
+            node_client.clone(),
             config.server_token.clone(),
             shutdown.clone(),
         );
@@ -184,7 +186,7 @@ impl NodeBuilder {
             server.clone(),
             cluster.clone(),
             chat.clone(),
-            chat_client.clone(),
+            node_client.clone(),
             config.server_token.clone(),
             shutdown.clone(),
         );
@@ -202,7 +204,7 @@ impl NodeBuilder {
                 chat: chat.clone(),
                 server: server.clone(),
                 cluster: cluster.clone(),
-                client: chat_client,
+                client: node_client,
                 server_token: config.server_token.clone(),
                 welcome: config.welcome_message.clone(),
                 sweep_interval: config.connection_sweep_interval,

@@ -28,8 +28,9 @@
 //! order it sent them. The queue is bounded; a full queue refuses the publish with a Bayeux
 //! error instead of dropping it.
 
+use super::node_client::NodeClient;
 use super::{Chat, DEFAULT_ROOM, carries_token, connection_channel, now_ms};
-use crate::client::{Client, ClientBuilder, Subscription};
+use crate::client::Subscription;
 use crate::cluster::Cluster;
 use crate::protocol::{BayeuxError, Message, channel};
 use crate::server::protected_channels::CONNECTION_PREFIX;
@@ -154,8 +155,8 @@ pub(crate) struct ConnectionChannels {
     pub(crate) chat: Chat,
     pub(crate) server: Server,
     pub(crate) cluster: Cluster,
-    /// Builds the in-process client that listens on the rebroadcast channel.
-    pub(crate) client: ClientBuilder,
+    /// The node's in-process client, to listen on the rebroadcast channel.
+    pub(crate) client: NodeClient,
     pub(crate) server_token: String,
     pub(crate) welcome: String,
     pub(crate) sweep_interval: Duration,
@@ -163,7 +164,13 @@ pub(crate) struct ConnectionChannels {
 
 /// Starts the node's connection task; it ends with `shutdown`.
 pub(crate) fn spawn(setup: ConnectionChannels, work: ConnectionWork, shutdown: CancellationToken) {
-    let task = Task { setup, held: HashMap::new(), queue: work.queue, listener: None, shutdown: shutdown.clone() };
+    let task = Task {
+        setup,
+        held: HashMap::new(),
+        queue: work.queue,
+        rebroadcast_listening: false,
+        shutdown: shutdown.clone(),
+    };
     tokio::spawn(task.run(work.work, shutdown));
 }
 
@@ -171,8 +178,8 @@ struct Task {
     setup: ConnectionChannels,
     held: HashMap<String, Held>,
     queue: mpsc::Sender<Work>,
-    /// The rebroadcast listener's client, once started (redis clusters only).
-    listener: Option<Client>,
+    /// Set once this node listens on the rebroadcast channel (redis clusters only).
+    rebroadcast_listening: bool,
     shutdown: CancellationToken,
 }
 
@@ -412,17 +419,12 @@ impl Task {
     /// On a redis cluster, listens on the rebroadcast channel once this node holds a
     /// connection (a failed start is retried by the next open).
     async fn ensure_rebroadcast_listener(&mut self) {
-        if self.listener.is_some() || !self.setup.cluster.is_redis() {
+        if self.rebroadcast_listening || !self.setup.cluster.is_redis() {
             return;
         }
-        let started = async {
-            let client = self.setup.client.clone().build().await?;
-            let subscription = client.subscribe(REBROADCAST_CHANNEL).await?;
-            Ok::<_, crate::client::ClientError>((client, subscription))
-        };
-        match started.await {
-            Ok((client, subscription)) => {
-                self.listener = Some(client);
+        match self.setup.client.subscribe(REBROADCAST_CHANNEL).await {
+            Ok(subscription) => {
+                self.rebroadcast_listening = true;
                 tokio::spawn(relay_rebroadcasts(
                     subscription,
                     self.queue.clone(),

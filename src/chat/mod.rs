@@ -6,7 +6,7 @@
 //! - A broadcast is one publish on `/actionHero/chat` of the v5 payload
 //!   `{"serverToken","serverId","message","sentAt","connection":{"id","room","roomMatchKey","roomMatchValue"}}`
 //!   through this node's server (on the redis engine every node receives it).
-//! - Each node has one in-process client subscribed to `/actionHero/chat`, started when
+//! - The node's in-process client (one per node, shared) subscribes to `/actionHero/chat` when
 //!   the first connection joins or listens to a room (a node that never hosts a chat
 //!   connection runs no extra session, and a server auth extension that refuses in-process
 //!   clients only fails the chat calls, not the node; let `RequestContext::local` through to
@@ -23,9 +23,10 @@
 //! [`connection_channels`].
 
 pub mod connection_channels;
+pub(crate) mod node_client;
 pub(crate) mod web_clients;
 
-use crate::client::{Client, ClientBuilder, ClientError, Delivery, Subscription};
+use crate::client::{ClientError, Delivery, Subscription};
 use crate::cluster::{Cluster, ClusterError, RoomAdd};
 use crate::config::DEFAULT_SERVER_TOKEN;
 use crate::protocol::BayeuxError;
@@ -148,11 +149,11 @@ struct Inner {
     /// registry update), so two joins of one connection cannot interleave.
     membership: tokio::sync::Mutex<()>,
     token_mismatches: AtomicU64,
-    /// Builds the in-process client of the listener.
-    client: ClientBuilder,
+    /// The node's in-process client the listener subscribes with.
+    client: node_client::NodeClient,
     shutdown: CancellationToken,
-    /// The listener's client once subscribed (kept alive with the chat).
-    listener: tokio::sync::OnceCell<Client>,
+    /// Set once the listener is subscribed.
+    listening: tokio::sync::OnceCell<()>,
 }
 
 /// This node's chat: the local connection registry, room changes with their announcements,
@@ -185,14 +186,14 @@ pub(crate) fn carries_token(payload: &Value, token: &str) -> bool {
 }
 
 impl Chat {
-    /// The chat of a node: publishes through `server`, memberships in `cluster`; `client`
-    /// builds the in-process client that listens on `/actionHero/chat` (until `shutdown`)
-    /// once a connection joins or listens to a room. `server_token` must be the same on every
+    /// The chat of a node: publishes through `server`, memberships in `cluster`; the node's
+    /// in-process `client` listens on `/actionHero/chat` (until `shutdown`) once a connection
+    /// joins or listens to a room. `server_token` must be the same on every
     /// node.
     pub(crate) fn new(
         server: Server,
         cluster: Cluster,
-        client: ClientBuilder,
+        client: node_client::NodeClient,
         server_token: String,
         shutdown: CancellationToken,
     ) -> Chat {
@@ -209,7 +210,7 @@ impl Chat {
                 token_mismatches: AtomicU64::new(0),
                 client,
                 shutdown,
-                listener: tokio::sync::OnceCell::new(),
+                listening: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -218,13 +219,12 @@ impl Chat {
     /// attempt is retried by the next call).
     async fn ensure_listening(&self) -> Result<(), ChatError> {
         self.inner
-            .listener
+            .listening
             .get_or_try_init(|| async {
-                let client = self.inner.client.clone().build().await?;
-                let subscription = client.subscribe(CHAT_CHANNEL).await?;
+                let subscription = self.inner.client.subscribe(CHAT_CHANNEL).await?;
                 self.spawn_receiver(subscription);
                 tracing::debug!(channel = CHAT_CHANNEL, "chat listening");
-                Ok::<_, ChatError>(client)
+                Ok::<_, ChatError>(())
             })
             .await
             .map(|_| ())
