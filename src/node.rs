@@ -340,11 +340,16 @@ struct WebChatAction(crate::chat::web_clients::WebClients);
 #[async_trait::async_trait]
 impl transport::WebChatService for WebChatAction {
     async fn chat(&self, request: transport::WebChatRequest) -> transport::WebChatResponse {
-        let (status, body, cookies) = self
+        let answer = self
             .0
             .handle(request.fingerprint.as_deref(), request.room.as_deref(), request.params, &request.remote_ip)
             .await;
-        transport::WebChatResponse { status, body, cookies }
+        transport::WebChatResponse {
+            status: answer.status,
+            body: answer.body,
+            new_fingerprint: answer.new_fingerprint,
+            room: answer.room,
+        }
     }
 }
 

@@ -2,15 +2,15 @@
 //! its fingerprint cookie is a chat connection for `--web-message-ttl` after its last request;
 //! what it hears is stored in its web-message mailbox and fetched with `method=messages`.
 //!
-//! - Methods: `roomView` (`roomStatus`), `roomChange` (`room`; answers `room` and sets the
-//!   `__room` cookie, so another node puts the client back in its room), `detailsView`
+//! - Methods: `roomView` (`roomStatus`), `roomChange` (`room`; answers `room`, which the
+//!   transport also sets as a cookie so another node puts the client back in its room), `detailsView`
 //!   (`details: {id, room}`), `say` (`message`), `messages` (the mailbox, oldest first, emptied
 //!   in one atomic step). Errors are v5's texts, `"error": "Error: ..."`, with HTTP 400.
 //! - Without a TTL web chat is off: every request answers `chatting via web clients is not
 //!   enabled` (§C8.1).
-//! - A client without a (valid) fingerprint cookie gets a fresh random one (`sessionID`).
+//! - A client without a (valid) fingerprint gets a fresh random one (the transport's cookie).
 //! - The first request on a node registers the client there and joins `defaultRoom` (or its
-//!   `__room`); a periodic sweep ends it `ttl` after its last request on this node (it leaves
+//!   room cookie's room); a periodic sweep ends it `ttl` after its last request on this node (it leaves
 //!   its room unless another node still holds the same fingerprint there, §C6.6).
 //! - The answer carries v5's `serverInformation` and `requestorInformation`.
 //!
@@ -25,18 +25,21 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// The cookie naming a web client (actionHero's fingerprint `cookieKey`); the transport reads
-/// it under the same name (`transport::web_chat`, which chat may not import).
-const FINGERPRINT_COOKIE: &str = "sessionID";
-
-/// The cookie remembering a web client's room.
-const ROOM_COOKIE: &str = "__room";
-
 /// Longest fingerprint accepted from a cookie.
 const MAX_FINGERPRINT: usize = 128;
 
-/// The answer to a web chat request: HTTP status, JSON body, `Set-Cookie` values.
-pub(crate) type WebAnswer = (u16, Value, Vec<String>);
+/// The answer to a web chat request. The cookies themselves are the transport's business.
+#[derive(Debug)]
+pub(crate) struct WebAnswer {
+    /// HTTP status.
+    pub(crate) status: u16,
+    /// The JSON document.
+    pub(crate) body: Value,
+    /// A fingerprint issued to a client that had none (to set as its fingerprint cookie).
+    pub(crate) new_fingerprint: Option<String>,
+    /// The room it moved to (to set as its room cookie).
+    pub(crate) room: Option<String>,
+}
 
 /// This node's web chat clients. Cheap to clone.
 #[derive(Clone)]
@@ -60,7 +63,7 @@ fn valid_fingerprint(f: &str) -> bool {
         && f.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'/' | b'='))
 }
 
-fn new_fingerprint() -> String {
+fn fresh_fingerprint() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
@@ -118,22 +121,22 @@ impl WebClients {
         remote_ip: &str,
     ) -> WebAnswer {
         let started = now_ms();
-        let mut cookies = Vec::new();
+        let mut issued = None;
         // A cookie naming another kind of connection (a Bayeux client's id) would redirect that
         // connection's chat into a mailbox: such a cookie is replaced like an invalid one.
         let usable = |f: &&str| valid_fingerprint(f) && self.inner.chat.connection(f).is_none_or(|c| c.web);
         let id = match fingerprint.filter(usable) {
             Some(f) => f.to_string(),
             None => {
-                let id = new_fingerprint();
-                cookies.push(format!("{FINGERPRINT_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"));
+                let id = fresh_fingerprint();
+                issued = Some(id.clone());
                 id
             }
         };
         let mut response = Map::new();
         let outcome = match self.inner.ttl {
             None => Err("chatting via web clients is not enabled".to_string()),
-            Some(ttl) => self.run(&id, room_cookie, ttl, &params, &mut response, &mut cookies).await,
+            Some(ttl) => self.run(&id, room_cookie, ttl, &params, &mut response).await,
         };
         let status = match outcome {
             Ok(()) => 200,
@@ -156,7 +159,9 @@ impl WebClients {
             "requestorInformation".into(),
             json!({"id": id, "remoteAddress": remote_ip, "receivedParams": params}),
         );
-        (status, Value::Object(response), cookies)
+        // Only a successful roomChange answers `room`.
+        let room = response.get("room").and_then(Value::as_str).map(str::to_string);
+        WebAnswer { status, body: Value::Object(response), new_fingerprint: issued, room }
     }
 
     async fn run(
@@ -166,7 +171,6 @@ impl WebClients {
         ttl: Duration,
         params: &Map<String, Value>,
         response: &mut Map<String, Value>,
-        cookies: &mut Vec<String>,
     ) -> Result<(), String> {
         self.touch(id, room_cookie, ttl).await.map_err(|e| e.to_string())?;
         let chat = &self.inner.chat;
@@ -182,10 +186,6 @@ impl WebClients {
                 let room = text("room").ok_or("room is required to use the roomChange method")?;
                 chat.join(id, room).await.map_err(|e| e.to_string())?;
                 response.insert("room".into(), Value::from(room));
-                cookies.push(format!(
-                    "{ROOM_COOKIE}={}; Path=/",
-                    form_urlencoded::byte_serialize(room.as_bytes()).collect::<String>()
-                ));
             }
             "detailsView" => {
                 let room = chat.connection(id).and_then(|c| c.room);
@@ -230,8 +230,8 @@ mod tests {
         assert!(valid_fingerprint("abc123") && valid_fingerprint("a-b_c.d+e/f="));
         assert!(!valid_fingerprint("") && !valid_fingerprint("a b") && !valid_fingerprint("a;b"));
         assert!(!valid_fingerprint(&"x".repeat(MAX_FINGERPRINT + 1)));
-        let fresh = new_fingerprint();
+        let fresh = fresh_fingerprint();
         assert!(valid_fingerprint(&fresh) && fresh.len() == 32);
-        assert_ne!(fresh, new_fingerprint());
+        assert_ne!(fresh, fresh_fingerprint());
     }
 }

@@ -39,8 +39,10 @@ pub struct WebChatResponse {
     pub status: u16,
     /// The JSON document.
     pub body: Value,
-    /// `Set-Cookie` values.
-    pub cookies: Vec<String>,
+    /// A fingerprint issued to the client, set as its `sessionID` cookie.
+    pub new_fingerprint: Option<String>,
+    /// The room the client moved to, set as its `__room` cookie.
+    pub room: Option<String>,
 }
 
 /// The chat action behind `/api/chat`, supplied by the node (the transport does not know
@@ -120,7 +122,12 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>, remote: Sock
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    for cookie in answer.cookies {
+    let fingerprint_cookie =
+        answer.new_fingerprint.map(|id| format!("{FINGERPRINT_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"));
+    let room_cookie = answer.room.map(|room| {
+        format!("{ROOM_COOKIE}={}; Path=/", form_urlencoded::byte_serialize(room.as_bytes()).collect::<String>())
+    });
+    for cookie in fingerprint_cookie.into_iter().chain(room_cookie) {
         if let Ok(value) = HeaderValue::from_str(&cookie) {
             headers.append(header::SET_COOKIE, value);
         }
