@@ -81,11 +81,11 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
+#[path = "shared/criterion_config.rs"]
+mod criterion_config;
+
 fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
+    criterion_config::short(Duration::from_secs(2), 30)
 }
 
 criterion_group! { name = benches; config = config(); targets = decode, encode }

@@ -103,11 +103,11 @@ fn publish(c: &mut Criterion) {
     group.finish();
 }
 
+#[path = "shared/criterion_config.rs"]
+mod criterion_config;
+
 fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(20)
+    criterion_config::short(Duration::from_secs(3), 20)
 }
 
 criterion_group! { name = benches; config = config(); targets = publish }

@@ -148,21 +148,10 @@ async fn commands_cross_the_cluster_and_a_wrong_token_is_not_heard() {
     }
 }
 
-/// Refuses every handshake, in-process ones included (an auth extension that forgot
-/// `RequestContext::local`).
-struct RefuseAll;
-
-impl actioncluster::Extension for RefuseAll {
-    fn incoming(&self, message: &mut actioncluster::Message, _request: &actioncluster::RequestContext) {
-        if message.channel_str() == "/meta/handshake" {
-            message.error = Some("403::Forbidden".to_string());
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_extension_refuses_its_command_client_still_starts() {
-    let node = start(builder(TOKEN, None).extension(RefuseAll).command("echo", |_call| async { Ok(json!(1)) })).await;
+    let node =
+        start(builder(TOKEN, None).extension(common::RefuseAll).command("echo", |_call| async { Ok(json!(1)) })).await;
     let err = node.commands().call(PING, vec![], None, SHORT).await.unwrap_err();
     assert!(matches!(err, CommandError::Subscribe(_)), "{err:?}");
     node.shutdown().await;

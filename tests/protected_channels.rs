@@ -275,23 +275,11 @@ async fn chat_crosses_nodes_and_a_wrong_token_is_dropped() {
     }
 }
 
-/// Refuses every handshake, in-process ones included (an auth extension that forgot
-/// `RequestContext::local`).
-struct RefuseAll;
-
-impl actioncluster::Extension for RefuseAll {
-    fn incoming(&self, message: &mut actioncluster::Message, _request: &actioncluster::RequestContext) {
-        if message.channel_str() == "/meta/handshake" {
-            message.error = Some("403::Forbidden".to_string());
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_extension_refuses_its_chat_client_still_starts() {
     // The chat listener starts with the first room join, so such a node serves Bayeux as
     // before and only the chat calls fail, with the reason.
-    let node = within(WAIT, "node start", Node::builder(config(TOKEN, None)).extension(RefuseAll).start())
+    let node = within(WAIT, "node start", Node::builder(config(TOKEN, None)).extension(common::RefuseAll).start())
         .await
         .expect("node starts without a chat session");
     node.chat().register("c1", Map::new());

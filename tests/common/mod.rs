@@ -21,6 +21,18 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast;
 
+/// Refuses every handshake, in-process ones included (an auth extension that forgot
+/// `RequestContext::local`).
+pub struct RefuseAll;
+
+impl Extension for RefuseAll {
+    fn incoming(&self, message: &mut actioncluster::Message, _request: &actioncluster::RequestContext) {
+        if message.channel_str() == "/meta/handshake" {
+            message.error = Some("403::Forbidden".to_string());
+        }
+    }
+}
+
 /// Upper bound on any single wait.
 pub const WAIT: Duration = Duration::from_secs(10);
 
