@@ -264,72 +264,79 @@ async fn cached_objects_counts_only_creations_and_deletions(kind: Kind) {
     assert_eq!(all["global"]["cache"]["cachedObjects"], json!(2));
 }
 
-/// A writer saves increasing values and immediately reads each back while other nodes load
-/// the key in a loop: a load's readAt write-back must never put an older value back.
-async fn race_save_vs_load_loses_no_update(kind: Kind) {
-    let h = Harness::new(kind).await;
+/// Runs `op` in a loop on `nodes` further nodes (`{prefix}:{n}`), all released together with
+/// `writer`, until the writer is done (each op runs at least once); the sum of what the ops
+/// answered.
+async fn race<Op, OpFut>(h: &Harness, prefix: &str, nodes: usize, op: Op, writer: impl Future<Output = ()>) -> usize
+where
+    Op: Fn(Cluster) -> OpFut + Clone + Send + 'static,
+    OpFut: Future<Output = usize> + Send,
+{
     let stop = Arc::new(AtomicBool::new(false));
-    let loads = Arc::new(AtomicUsize::new(0));
-    let start = Arc::new(tokio::sync::Barrier::new(4));
-    h.cluster.cache().save("k", json!(-1), None).await.unwrap();
-    let mut readers = Vec::new();
-    for r in 0..3 {
-        let node = h.node(&format!("reader:{r}")).await;
-        let (stop, loads, start) = (stop.clone(), loads.clone(), start.clone());
-        readers.push(tokio::spawn(async move {
+    let start = Arc::new(tokio::sync::Barrier::new(nodes + 1));
+    let mut tasks = Vec::new();
+    for n in 0..nodes {
+        let node = h.node(&format!("{prefix}:{n}")).await;
+        let (stop, start, op) = (stop.clone(), start.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
             start.wait().await;
+            let mut total = 0;
             loop {
-                node.cache().load("k").await.unwrap();
-                loads.fetch_add(1, Ordering::Relaxed);
+                total += op(node.clone()).await;
                 if stop.load(Ordering::Relaxed) {
-                    break;
+                    return total;
                 }
                 tokio::task::yield_now().await;
             }
         }));
     }
-    let cache = h.cluster.cache().clone();
     tokio::time::timeout(WAIT, async {
         start.wait().await;
+        writer.await;
+    })
+    .await
+    .expect("writer finished");
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for task in tasks {
+        total += tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    }
+    total
+}
+
+/// A writer saves increasing values and immediately reads each back while other nodes load
+/// the key in a loop: a load's readAt write-back must never put an older value back.
+async fn race_save_vs_load_loses_no_update(kind: Kind) {
+    let h = Harness::new(kind).await;
+    h.cluster.cache().save("k", json!(-1), None).await.unwrap();
+    let cache = h.cluster.cache().clone();
+    let load = |node: Cluster| async move {
+        node.cache().load("k").await.unwrap();
+        1
+    };
+    let loads = race(&h, "reader", 3, load, async {
         for i in 0..300 {
             cache.save("k", json!(i), None).await.unwrap();
             assert_eq!(cache.load("k").await.unwrap().value, json!(i), "update {i} lost");
             tokio::task::yield_now().await;
         }
     })
-    .await
-    .expect("writer finished");
-    stop.store(true, Ordering::Relaxed);
-    for r in readers {
-        tokio::time::timeout(WAIT, r).await.unwrap().unwrap();
-    }
+    .await;
     assert_eq!(cache.load("k").await.unwrap().value, json!(299));
-    assert!(loads.load(Ordering::Relaxed) >= 3);
+    assert!(loads >= 3);
 }
 
 /// A writer saves and destroys while other nodes load: a destroyed key never comes back.
 async fn race_destroy_vs_load_never_resurrects(kind: Kind) {
     let h = Harness::new(kind).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Arc::new(tokio::sync::Barrier::new(4));
-    let mut readers = Vec::new();
-    for r in 0..3 {
-        let node = h.node(&format!("reader:{r}")).await;
-        let (stop, start) = (stop.clone(), start.clone());
-        readers.push(tokio::spawn(async move {
-            start.wait().await;
-            while !stop.load(Ordering::Relaxed) {
-                match node.cache().load("k").await {
-                    Ok(_) | Err(ClusterError::NotFound) => {}
-                    Err(e) => panic!("unexpected {e}"),
-                }
-                tokio::task::yield_now().await;
-            }
-        }));
-    }
     let cache = h.cluster.cache().clone();
-    tokio::time::timeout(WAIT, async {
-        start.wait().await;
+    let load = |node: Cluster| async move {
+        match node.cache().load("k").await {
+            Ok(_) | Err(ClusterError::NotFound) => 0,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    };
+    race(&h, "reader", 3, load, async {
         for i in 0..300 {
             cache.save("k", json!(i), None).await.unwrap();
             assert!(cache.destroy("k").await.unwrap());
@@ -340,12 +347,7 @@ async fn race_destroy_vs_load_never_resurrects(kind: Kind) {
             }
         }
     })
-    .await
-    .expect("writer finished");
-    stop.store(true, Ordering::Relaxed);
-    for r in readers {
-        tokio::time::timeout(WAIT, r).await.unwrap().unwrap();
-    }
+    .await;
     assert!(matches!(cache.load("k").await, Err(ClusterError::NotFound)));
     assert_eq!(cache.size().await.unwrap(), 0);
     assert_count_exact(&h.cluster).await;
@@ -358,24 +360,8 @@ async fn race_sweeper_vs_resave(kind: Kind) {
     let h = Harness::new(kind).await;
     let cache = h.cluster.cache().clone();
     const N: usize = 300;
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Arc::new(tokio::sync::Barrier::new(3));
-    let mut sweepers = Vec::new();
-    for s in 0..2 {
-        let node = h.node(&format!("sweeper:{s}")).await;
-        let (stop, start) = (stop.clone(), start.clone());
-        sweepers.push(tokio::spawn(async move {
-            start.wait().await;
-            let mut removed = 0;
-            while !stop.load(Ordering::Relaxed) {
-                removed += node.cache().sweep().await.unwrap().len();
-                tokio::task::yield_now().await;
-            }
-            removed
-        }));
-    }
-    tokio::time::timeout(WAIT, async {
-        start.wait().await;
+    let sweep = |node: Cluster| async move { node.cache().sweep().await.unwrap().len() };
+    let swept = race(&h, "sweeper", 2, sweep, async {
         for i in 0..N {
             let key = format!("k{i}");
             cache.save(&key, json!("old"), Some(-1)).await.unwrap();
@@ -383,13 +369,7 @@ async fn race_sweeper_vs_resave(kind: Kind) {
             cache.save(&key, json!("fresh"), None).await.unwrap();
         }
     })
-    .await
-    .expect("writer finished");
-    stop.store(true, Ordering::Relaxed);
-    let mut swept = 0;
-    for s in sweepers {
-        swept += tokio::time::timeout(WAIT, s).await.unwrap().unwrap();
-    }
+    .await;
     cache.sweep().await.unwrap();
     for i in 0..N {
         assert_eq!(cache.load(&format!("k{i}")).await.unwrap().value, json!("fresh"), "fresh k{i} was swept");
