@@ -14,6 +14,7 @@
 
 pub mod chat;
 pub mod client;
+mod clock;
 pub mod cluster;
 pub mod commands;
 pub mod config;

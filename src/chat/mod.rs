@@ -37,7 +37,6 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -170,9 +169,7 @@ impl std::fmt::Debug for Chat {
 }
 
 /// Milliseconds since the epoch by this node's clock (chat's `sentAt`, `connectedAt`).
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub(crate) use crate::clock::unix_ms as now_ms;
 
 /// True when a payload between the nodes (`/actionHero/…`) carries this cluster's `token`;
 /// otherwise logs v5's `message token miss-match from {serverId}` for the receiver to drop it.

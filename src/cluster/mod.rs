@@ -34,7 +34,7 @@ use keys::Keys;
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -198,8 +198,7 @@ impl MemoryClock {
 
     /// Now, in ms since the epoch.
     pub fn now_ms(&self) -> i64 {
-        let system = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-        system + self.offset_ms.load(Ordering::Relaxed)
+        crate::clock::unix_ms() + self.offset_ms.load(Ordering::Relaxed)
     }
 
     /// Moves this clock (and every clone) forward.
