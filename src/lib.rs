@@ -41,7 +41,7 @@ pub use cluster::{
 };
 pub use cluster::{RoomAdd, RoomStatus, Rooms};
 pub use commands::{CommandCall, CommandError, CommandResponse, CommandResult, Commands};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, RedisLayout};
 pub use node::{Node, NodeBuilder, NodeError};
 pub use protocol::{BayeuxError, Message};
 pub use server::ProtectedChannels;

@@ -55,6 +55,8 @@ pub struct Metrics {
     redis_latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     redis_latency_micros: AtomicU64,
     redis_reconnects: AtomicU64,
+    inbox_overflows: AtomicU64,
+    sessions_moved: AtomicU64,
 }
 
 /// Decrements a connection gauge when dropped: hold it for the connection's lifetime.
@@ -139,6 +141,16 @@ impl Metrics {
         self.redis_reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Native layout: the node fell so far behind its inbox that redis dropped unread entries.
+    pub fn inbox_overflow(&self) {
+        self.inbox_overflows.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Native layout: a client's session moved to this node from another.
+    pub fn session_moved(&self) {
+        self.sessions_moved.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Messages accepted for publishing so far.
     pub fn published_total(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
@@ -212,6 +224,18 @@ impl Metrics {
                 "actioncluster_redis_reconnects_total",
                 "Reconnections of the redis pub/sub listener.",
                 load(&self.redis_reconnects),
+            );
+            counter(
+                &mut out,
+                "actioncluster_inbox_overflows_total",
+                "Native layout: times this node fell so far behind its inbox that unread entries were dropped.",
+                load(&self.inbox_overflows),
+            );
+            counter(
+                &mut out,
+                "actioncluster_sessions_moved_total",
+                "Native layout: client sessions taken over from another node.",
+                load(&self.sessions_moved),
             );
             let _ = writeln!(out, "# HELP actioncluster_redis_round_trip_seconds Redis round-trip latency.");
             let _ = writeln!(out, "# TYPE actioncluster_redis_round_trip_seconds histogram");
