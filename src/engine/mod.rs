@@ -153,9 +153,13 @@ pub trait Engine: Send + Sync + 'static {
     async fn destroy_client(&self, client_id: &str) -> Result<bool, EngineError>;
     /// True if the client exists and has not expired.
     async fn client_exists(&self, client_id: &str) -> Result<bool, EngineError>;
-    /// Marks the client as seen now, postponing its expiry. Called when the client connects
-    /// through this node (the native redis layout moves the client's session here).
+    /// Marks the client as seen now, postponing its expiry.
     async fn ping(&self, client_id: &str) -> Result<(), EngineError>;
+    /// The client's deliveries go out through this node from now on (a connect that waits for
+    /// messages, or a socket bound here). The native redis layout moves its session here.
+    async fn claim(&self, _client_id: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
     /// Subscribes without a limit; true if the subscription is new.
     async fn subscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
         Ok(self.subscribe_limited(client_id, channel, usize::MAX).await? == SubscribeOutcome::Added)

@@ -151,11 +151,9 @@ pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
                 continue;
             }
         };
-        if lost {
-            if let Some(engine) = inner.upgrade() {
-                tracing::info!(from = %last, "inbox connection back; reading on from the last applied entry");
-                engine.metrics.redis_reconnect();
-            }
+        if lost && let Some(engine) = inner.upgrade() {
+            tracing::info!(from = %last, "inbox connection back; reading on from the last applied entry");
+            engine.metrics.redis_reconnect();
         }
         let mut unread_trim = 0usize;
         let mut trimmed_at = Instant::now();

@@ -529,11 +529,7 @@ impl Engine for NativeEngine {
         Ok(score.is_some_and(|s| s as i64 > self.inner.exists_cutoff()))
     }
 
-    /// A connect through this node: the client's session moves here if another node owns it.
     async fn ping(&self, client_id: &str) -> Result<(), EngineError> {
-        if !self.inner.local.contains(client_id) {
-            return self.inner.take_over(client_id).await;
-        }
         let r: redis::RedisResult<i64> = redis::cmd("ZADD")
             .arg(self.inner.keys.clients())
             .arg("XX")
@@ -542,6 +538,14 @@ impl Engine for NativeEngine {
             .query_async(&mut self.inner.con())
             .await;
         self.inner.check(r).map(|_| ())
+    }
+
+    /// The client's session moves here if another node owns it.
+    async fn claim(&self, client_id: &str) -> Result<(), EngineError> {
+        if self.inner.local.contains(client_id) {
+            return Ok(());
+        }
+        self.inner.take_over(client_id).await
     }
 
     async fn subscribe_limited(
