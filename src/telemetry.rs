@@ -55,7 +55,7 @@ pub struct Metrics {
     redis_latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     redis_latency_micros: AtomicU64,
     redis_reconnects: AtomicU64,
-    inbox_overflows: AtomicU64,
+    inbox_entries_lost: AtomicU64,
     sessions_moved: AtomicU64,
 }
 
@@ -141,9 +141,10 @@ impl Metrics {
         self.redis_reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Native layout: the node fell so far behind its inbox that redis dropped unread entries.
-    pub fn inbox_overflow(&self) {
-        self.inbox_overflows.fetch_add(1, Ordering::Relaxed);
+    /// Native layout: `n` inbox entries were dropped by the inbox's length bound before this
+    /// node read them (it fell that far behind).
+    pub fn inbox_entries_lost(&self, n: u64) {
+        self.inbox_entries_lost.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Native layout: a client's session moved to this node from another.
@@ -227,9 +228,9 @@ impl Metrics {
             );
             counter(
                 &mut out,
-                "actioncluster_inbox_overflows_total",
-                "Native layout: times this node fell so far behind its inbox that unread entries were dropped.",
-                load(&self.inbox_overflows),
+                "actioncluster_inbox_entries_lost_total",
+                "Native layout: inbox entries (messages, session changes) dropped by the length bound before this node read them.",
+                load(&self.inbox_entries_lost),
             );
             counter(
                 &mut out,

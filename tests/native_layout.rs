@@ -328,48 +328,54 @@ async fn redis_losing_its_data_does_not_silence_subscribers() {
     let lp = LpClient::handshake(n1.local_addr()).await;
     lp.subscribe(n1.local_addr(), "/lost/*").await;
     assert!(lp.connect(n1.local_addr(), 0).await.is_empty());
-    publish(n2.local_addr(), "/lost/x", json!("before")).await;
-    assert_eq!(ws.next_message().await["data"], json!("before"));
-    assert_eq!(data_of(&lp.connect(n1.local_addr(), 1000).await), vec![json!("before")]);
+    // Traffic before the loss moves n1's inbox well past the numbers a new inbox starts from.
+    for i in 0..100 {
+        publish(n2.local_addr(), "/lost/x", json!(format!("before{i}"))).await;
+    }
+    let mut before = 0;
+    while before < 100 {
+        ws.next_message().await;
+        before += 1;
+    }
+    let mut lp_before = 0;
+    while lp_before < 100 {
+        lp_before += lp.connect(n1.local_addr(), 1000).await.len();
+    }
 
     redis.kill().await;
     redis.restart().await; // no persistence: every key is gone
 
-    // Service resumes by itself: the nodes notice redis forgot them and record their
-    // clients again. Probe until a message reaches both subscribers.
-    let mut probe = 0;
-    let recovered = tokio::time::timeout(Duration::from_secs(20), async {
+    // The nodes notice redis forgot them and record their clients again, by themselves.
+    let mut con = redis.connection().await;
+    let client_key = |id: &str| format!("faye/native/client/{{{id}}}");
+    let recorded = tokio::time::timeout(WAIT, async {
         loop {
-            probe += 1;
-            let ack = publish(n2.local_addr(), "/lost/x", json!(format!("probe{probe}"))).await;
-            if ack["successful"] != json!(true) {
-                tokio::time::sleep(Duration::from_millis(100)).await; // redis still coming back
-                continue;
-            }
-            let got = lp.connect_raw(n1.local_addr(), 300).await;
-            if got.as_array().is_some_and(|a| a.iter().any(|m| m["channel"] == json!("/lost/x"))) {
+            let ws_owner: Option<String> =
+                redis::cmd("HGET").arg(client_key(&ws.client_id)).arg("owner").query_async(&mut con).await.unwrap();
+            let lp_owner: Option<String> =
+                redis::cmd("HGET").arg(client_key(&lp.client_id)).arg("owner").query_async(&mut con).await.unwrap();
+            if ws_owner.is_some() && lp_owner.is_some() {
                 return;
             }
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling redis state: no event to await
         }
     })
     .await;
-    assert!(recovered.is_ok(), "subscribers receive again after redis lost its data");
-    // The client was never told to re-handshake: the same id keeps working everywhere.
+    assert!(recorded.is_ok(), "the subscribers' sessions are recorded again");
+    // The clients were never told to re-handshake: the same ids keep working, and every
+    // message acknowledged from now on arrives.
     for i in 0..50 {
         let ack = publish(n2.local_addr(), "/lost/x", json!(i)).await;
         assert_eq!(ack["successful"], json!(true));
     }
     let mut got = Vec::new();
     while !got.contains(&json!(49)) {
-        let m = ws.next_message().await;
-        if m["data"].is_i64() {
-            got.push(m["data"].clone());
-        }
+        got.push(ws.next_message().await["data"].clone());
     }
     assert_eq!(got, (0..50).map(|i| json!(i)).collect::<Vec<_>>(), "websocket: all 50, once, in order");
     let mut lp_got = Vec::new();
     while !lp_got.contains(&json!(49)) {
-        lp_got.extend(data_of(&lp.connect(n1.local_addr(), 1000).await).into_iter().filter(|d| d.is_i64()));
+        lp_got.extend(data_of(&lp.connect(n1.local_addr(), 1000).await));
     }
     assert_eq!(lp_got, (0..50).map(|i| json!(i)).collect::<Vec<_>>(), "long-polling: all 50, once, in order");
 }
@@ -503,4 +509,45 @@ async fn a_namespace_serves_one_layout_only() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--redis-layout faye"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_node_that_misses_inbox_entries_counts_them() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis).await;
+    let mut con = redis.connection().await;
+    let nodes: Vec<String> =
+        redis::cmd("ZRANGE").arg("faye/native/nodes").arg(0).arg(-1).query_async(&mut con).await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    let inbox = format!("faye/native/inbox/{}", nodes[0]);
+    // Entries trimmed by the length bound before the node could read them, in one step, as
+    // when a node falls too far behind.
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for i in 0..20 {
+        pipe.cmd("XADD")
+            .arg(&inbox)
+            .arg("1-*")
+            .arg("t")
+            .arg("m")
+            .arg("d")
+            .arg(json!({"channel": "/nobody", "data": i}).to_string());
+    }
+    pipe.cmd("XTRIM").arg(&inbox).arg("MAXLEN").arg(1);
+    let _: redis::Value = pipe.query_async(&mut con).await.unwrap();
+    let counted = tokio::time::timeout(WAIT, async {
+        loop {
+            if metric(&n1.server().render_metrics(true), "actioncluster_inbox_entries_lost_total") == 19 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling a counter: no event to await
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "the 19 entries it never read are counted");
+    // And the node keeps reading: a later message is delivered.
+    let client = LpClient::handshake(n1.local_addr()).await;
+    client.subscribe(n1.local_addr(), "/after").await;
+    publish(n1.local_addr(), "/after", json!("still here")).await;
+    assert_eq!(data_of(&client.connect(n1.local_addr(), 1000).await), vec![json!("still here")]);
 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use redis::Value;
 use std::sync::Arc;
 use std::sync::Weak;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -25,16 +26,50 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// A stream entry id (`ms-seq`), ordered as redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub(super) struct EntryId {
-    pub(super) ms: u64,
-    pub(super) seq: u64,
+struct EntryId {
+    ms: u64,
+    seq: u64,
 }
 
 impl EntryId {
-    pub(super) fn parse(s: &str) -> Option<Self> {
+    fn parse(s: &str) -> Option<Self> {
         let (ms, seq) = s.split_once('-')?;
         Some(Self { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
     }
+}
+
+impl EntryId {
+    /// How many entries were skipped between `self` (the last one read; the default before
+    /// any) and `next`, the ids being `1-0`, `1-1`, … as the scripts add them.
+    fn missed_before(self, next: EntryId) -> u64 {
+        if next.ms != 1 {
+            return 0;
+        }
+        let expected = if self == EntryId::default() { 0 } else { self.seq + 1 };
+        next.seq.saturating_sub(expected)
+    }
+}
+
+/// True when the inbox at `key` is not the one read up to `last`: it is gone, or it was made
+/// anew (its newest id is older than `last`).
+async fn lost_inbox(con: &mut impl redis::aio::ConnectionLike, key: &str, last: EntryId) -> bool {
+    if last == EntryId::default() {
+        return false;
+    }
+    let info: redis::RedisResult<Value> = redis::cmd("XINFO").arg("STREAM").arg(key).query_async(con).await;
+    let Ok(info) = info else { return true };
+    let newest = match &info {
+        Value::Array(items) => items
+            .chunks_exact(2)
+            .find(|p| bytes_of(&p[0]) == Some(b"last-generated-id".as_slice()))
+            .and_then(|p| bytes_of(&p[1])),
+        Value::Map(items) => items
+            .iter()
+            .find(|(k, _)| bytes_of(k) == Some(b"last-generated-id".as_slice()))
+            .and_then(|(_, v)| bytes_of(v)),
+        _ => None,
+    };
+    newest.and_then(|b| std::str::from_utf8(b).ok()).and_then(EntryId::parse).is_some_and(|newest| newest < last)
 }
 
 impl std::fmt::Display for EntryId {
@@ -155,6 +190,12 @@ pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
             tracing::info!(from = %last, "inbox connection back; reading on from the last applied entry");
             engine.metrics.redis_reconnect();
         }
+        // Redis may have lost the inbox while the connection was down: then read the new one
+        // from its start.
+        if lost_inbox(&mut con, &key, last).await {
+            tracing::info!(from = %last, "the inbox is new; reading it from its start");
+            last = EntryId::default();
+        }
         let mut unread_trim = 0usize;
         let mut trimmed_at = Instant::now();
         loop {
@@ -185,12 +226,26 @@ pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
             };
             backoff = BACKOFF_MIN;
             let Some(engine) = inner.upgrade() else { return };
+            // The heartbeat found that redis lost this node's records (without dropping this
+            // connection): if the inbox went too, read the new one from its start.
+            if engine.inbox_check.swap(false, Ordering::Relaxed) && lost_inbox(&mut engine.con(), &key, last).await {
+                tracing::info!(from = %last, "redis lost the inbox; reading the new one from its start");
+                last = EntryId::default();
+                continue;
+            }
             let entries = entries_of(reply);
             for (id, fields) in &entries {
+                let missed = last.missed_before(*id);
+                if missed > 0 {
+                    engine.metrics.inbox_entries_lost(missed);
+                    tracing::warn!(
+                        missed,
+                        "this node fell behind its inbox: unread entries were dropped by its length bound"
+                    );
+                }
                 engine.apply(Entry::from_fields(fields)).await;
                 last = *id;
             }
-            engine.inbox_read_to(last);
             unread_trim += entries.len();
             if unread_trim > 0 && (unread_trim >= BATCH || entries.is_empty() || trimmed_at.elapsed() >= TRIM_EVERY) {
                 let trim: redis::RedisResult<i64> = redis::cmd("XTRIM")
@@ -271,7 +326,7 @@ impl Inner {
             .arg("MAXLEN")
             .arg("~")
             .arg(self.inbox_max_len)
-            .arg("*")
+            .arg("1-*")
             .arg("t")
             .arg("H")
             .arg("c")
@@ -306,6 +361,15 @@ mod tests {
         assert_eq!(b.to_string(), "1700000000000-12");
         assert!(EntryId::parse("x-1").is_none());
         assert!(EntryId::parse("12").is_none());
+    }
+
+    #[test]
+    fn gaps_in_the_numbering_are_missed_entries() {
+        let id = |seq| EntryId { ms: 1, seq };
+        assert_eq!(EntryId::default().missed_before(id(0)), 0);
+        assert_eq!(EntryId::default().missed_before(id(19)), 19);
+        assert_eq!(id(4).missed_before(id(5)), 0);
+        assert_eq!(id(4).missed_before(id(9)), 4);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use keys::Keys;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -56,7 +56,7 @@ pub struct NativeSettings {
     /// slow consumer (`0`: no bound).
     pub max_queue_bytes: usize,
     /// Most entries a node's inbox keeps while its node does not read them (a node further
-    /// behind loses the oldest; counted in `actioncluster_inbox_overflows_total`).
+    /// behind loses the oldest; counted in `actioncluster_inbox_entries_lost_total`).
     pub inbox_max_len: usize,
 }
 
@@ -90,9 +90,12 @@ pub(crate) struct Inner {
     healthy: AtomicBool,
     /// Notified whenever a client leaves this node (graceful shutdown waits for them).
     departures: Notify,
-    /// The last inbox entry applied (`ms`, `seq`), for the overflow check.
-    read_ms: AtomicU64,
-    read_seq: AtomicU64,
+    /// True once the first heartbeat recorded this node: a later one that finds it missing
+    /// means redis lost its data.
+    registered: AtomicBool,
+    /// Asks the inbox reader to check whether redis lost the inbox (then it reads the new one
+    /// from its start).
+    inbox_check: AtomicBool,
 }
 
 /// Engine of the native redis layout.
@@ -124,8 +127,8 @@ impl NativeEngine {
             observer: OnceLock::new(),
             healthy: AtomicBool::new(true),
             departures: Notify::new(),
-            read_ms: AtomicU64::new(0),
-            read_seq: AtomicU64::new(0),
+            registered: AtomicBool::new(false),
+            inbox_check: AtomicBool::new(false),
         });
         layout_guard::claim(&mut inner.con(), &inner.namespace, Layout::Native).await?;
         inner
@@ -188,55 +191,15 @@ impl Inner {
                 .invoke_async(&mut self.con())
                 .await,
         )?;
-        if known == 0 && self.local.len() > 0 {
+        if known == 0 && self.registered.swap(true, Ordering::Relaxed) {
             tracing::warn!(clients = self.local.len(), "redis lost this node's records; recording its clients again");
             self.metrics.redis_reconnect();
             if let Err(e) = layout_guard::claim(&mut self.con(), &self.namespace, Layout::Native).await {
                 tracing::error!(error = %e, "cannot claim the namespace again after redis lost its data");
             }
+            // Its inbox went too: read the new one from its start.
+            self.inbox_check.store(true, Ordering::Relaxed);
             self.reassert().await?;
-        }
-        self.check_overflow().await
-    }
-
-    /// Notes how far the inbox reader got.
-    fn inbox_read_to(&self, last: inbox::EntryId) {
-        self.read_ms.store(last.ms, Ordering::Relaxed);
-        self.read_seq.store(last.seq, Ordering::Relaxed);
-    }
-
-    /// Counts an inbox overflow: redis trimmed entries (`MAXLEN`) past the last one this node
-    /// applied, so they were never read. The clients they were for missed them.
-    async fn check_overflow(&self) -> Result<(), EngineError> {
-        let info: redis::RedisResult<redis::Value> =
-            redis::cmd("XINFO").arg("STREAM").arg(&self.inbox).query_async(&mut self.con()).await;
-        // No stream yet (nothing sent to this node) is not an error.
-        let Ok(info) = info else { return Ok(()) };
-        let pairs: Vec<(String, redis::Value)> = match info {
-            redis::Value::Array(items) => items
-                .chunks_exact(2)
-                .filter_map(|p| redis::from_redis_value_ref::<String>(&p[0]).ok().map(|k| (k, p[1].clone())))
-                .collect(),
-            redis::Value::Map(items) => items
-                .into_iter()
-                .filter_map(|(k, v)| redis::from_redis_value_ref::<String>(&k).ok().map(|k| (k, v)))
-                .collect(),
-            _ => return Ok(()),
-        };
-        let deleted = pairs
-            .iter()
-            .find(|(k, _)| k == "max-deleted-entry-id")
-            .and_then(|(_, v)| redis::from_redis_value_ref::<String>(v).ok())
-            .and_then(|s| inbox::EntryId::parse(&s));
-        let read =
-            inbox::EntryId { ms: self.read_ms.load(Ordering::Relaxed), seq: self.read_seq.load(Ordering::Relaxed) };
-        if let Some(deleted) = deleted
-            && deleted > read
-        {
-            self.metrics.inbox_overflow();
-            tracing::warn!(%read, %deleted, "this node fell behind its inbox: unread messages were dropped by its length bound");
-            // Count each overflow once.
-            self.inbox_read_to(deleted);
         }
         Ok(())
     }

@@ -3,6 +3,10 @@
 //! appends an entry to that node's inbox, so the node applies changes and messages in the
 //! order redis saw them. Key prefixes come from `keys.rs` as arguments.
 //!
+//! Entries are added with id `1-*`: redis numbers them `1-0`, `1-1`, … in order, so the reader
+//! sees any entry it missed (trimmed by the length bound before it was read) as a gap in the
+//! numbers (needs redis ≥ 7.0).
+//!
 //! Inbox entries (`t` is the type):
 //! - `m`: a published message; `d` its JSON, `w` = `0` when `/**` subscribers must not get it.
 //! - `s` / `u`: client `c` subscribed to / left pattern `p`.
@@ -32,9 +36,9 @@ for i = 1, #KEYS do
 end
 for _, node in ipairs(nodes) do
   if ARGV[4] == '1' then
-    redis.call('XADD', ARGV[1] .. node, 'MAXLEN', '~', ARGV[2], '*', 't', 'm', 'd', ARGV[3])
+    redis.call('XADD', ARGV[1] .. node, 'MAXLEN', '~', ARGV[2], '1-*', 't', 'm', 'd', ARGV[3])
   else
-    redis.call('XADD', ARGV[1] .. node, 'MAXLEN', '~', ARGV[2], '*', 't', 'm', 'd', ARGV[3], 'w', '0')
+    redis.call('XADD', ARGV[1] .. node, 'MAXLEN', '~', ARGV[2], '1-*', 't', 'm', 'd', ARGV[3], 'w', '0')
   end
 end
 return #nodes
@@ -68,7 +72,7 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
 if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then return -1 end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], owner, 1)
-redis.call('XADD', ARGV[4] .. owner, 'MAXLEN', '~', ARGV[5], '*', 't', 's', 'c', ARGV[2], 'p', ARGV[1])
+redis.call('XADD', ARGV[4] .. owner, 'MAXLEN', '~', ARGV[5], '1-*', 't', 's', 'c', ARGV[2], 'p', ARGV[1])
 return 1
 "#,
     )
@@ -83,7 +87,7 @@ local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then return 0 end
 if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 if redis.call('HINCRBY', KEYS[3], owner, -1) <= 0 then redis.call('HDEL', KEYS[3], owner) end
-redis.call('XADD', ARGV[3] .. owner, 'MAXLEN', '~', ARGV[4], '*', 't', 'u', 'c', ARGV[2], 'p', ARGV[1])
+redis.call('XADD', ARGV[3] .. owner, 'MAXLEN', '~', ARGV[4], '1-*', 't', 'u', 'c', ARGV[2], 'p', ARGV[1])
 return 1
 "#,
     )
@@ -104,7 +108,7 @@ if owner then
     local key = ARGV[2] .. p
     if redis.call('HINCRBY', key, owner, -1) <= 0 then redis.call('HDEL', key, owner) end
   end
-  redis.call('XADD', ARGV[3] .. owner, 'MAXLEN', '~', ARGV[4], '*', 't', 'd', 'c', ARGV[1])
+  redis.call('XADD', ARGV[3] .. owner, 'MAXLEN', '~', ARGV[4], '1-*', 't', 'd', 'c', ARGV[1])
 end
 redis.call('DEL', KEYS[2], KEYS[3])
 local out = {existed}
@@ -140,10 +144,10 @@ for _, p in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   entry[#entry + 1] = 'p'
   entry[#entry + 1] = p
 end
-redis.call('XADD', ARGV[5] .. me, 'MAXLEN', '~', ARGV[6], '*', unpack(entry))
+redis.call('XADD', ARGV[5] .. me, 'MAXLEN', '~', ARGV[6], '1-*', unpack(entry))
 local beat = -1
 if old ~= me then
-  redis.call('XADD', ARGV[5] .. old, 'MAXLEN', '~', ARGV[6], '*', 't', 'h', 'c', ARGV[1], 'to', me, 'e', epoch)
+  redis.call('XADD', ARGV[5] .. old, 'MAXLEN', '~', ARGV[6], '1-*', 't', 'h', 'c', ARGV[1], 'to', me, 'e', epoch)
   beat = tonumber(redis.call('ZSCORE', KEYS[4], old) or '-1')
 end
 return {1, old, epoch, beat}
