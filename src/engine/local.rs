@@ -8,6 +8,13 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::time::Instant;
 
+/// Removes repeated ids. Every index entry of a client shares the one `Arc` of its id, so the
+/// allocation's address identifies it: no string hashing on the delivery path.
+pub(crate) fn dedup_ids(ids: &mut Vec<Arc<str>>) {
+    ids.sort_unstable_by_key(|id| Arc::as_ptr(id).cast::<u8>() as usize);
+    ids.dedup_by(|a, b| Arc::ptr_eq(a, b));
+}
+
 /// One client held here.
 struct LocalClient {
     last_seen: Instant,
@@ -202,19 +209,21 @@ impl LocalClients {
         &self,
         envelope: &SharedEnvelope,
         patterns: &[String],
-        mut waiting: impl FnMut(&str),
+        mut waiting: impl FnMut(&Arc<str>),
     ) -> Vec<(Arc<str>, usize)> {
         let mut recipients: Vec<Arc<str>> = Vec::new();
-        let mut seen: HashSet<Arc<str>> = HashSet::new();
+        let mut matched = 0;
         for pattern in patterns {
-            if let Some(set) = self.channels.get(pattern.as_str()) {
-                recipients.reserve(set.len());
-                for id in set.iter() {
-                    if seen.insert(id.clone()) {
-                        recipients.push(id.clone());
-                    }
-                }
+            if let Some(set) = self.channels.get(pattern.as_str())
+                && !set.is_empty()
+            {
+                matched += 1;
+                recipients.extend(set.iter().cloned());
             }
+        }
+        if matched > 1 {
+            // A client subscribed to several matching patterns gets the message once.
+            dedup_ids(&mut recipients);
         }
         let size = envelope.encoded.len();
         let mut slow = Vec::new();

@@ -102,6 +102,9 @@ pub enum SubscribeOutcome {
 /// Shared handle to an [`Envelope`].
 pub type SharedEnvelope = Arc<Envelope>;
 
+/// A publish already on its way to the backing store: resolves once it is stored.
+pub type PublishReceipt = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), EngineError>> + Send>>;
+
 /// Why an engine operation failed.
 #[derive(Debug, Clone, Error)]
 pub enum EngineError {
@@ -176,6 +179,12 @@ pub trait Engine: Send + Sync + 'static {
     async fn unsubscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError>;
     /// Queues the message for every client subscribed to a channel that matches it, once each.
     async fn publish(&self, envelope: SharedEnvelope) -> Result<(), EngineError>;
+    /// Starts a publish now and returns without waiting for it, so that one connection's
+    /// publishes can travel together; what the caller does next reaches the store after it.
+    /// `None`: this engine cannot, and the caller awaits [`Engine::publish`].
+    fn start_publish(&self, _envelope: &SharedEnvelope) -> Option<PublishReceipt> {
+        None
+    }
     /// Removes and returns every message queued for the client, oldest first.
     async fn take_queued(&self, client_id: &str) -> Result<Vec<SharedEnvelope>, EngineError>;
     /// Messages queued for clients in total, where that is cheap to know.

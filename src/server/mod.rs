@@ -127,6 +127,8 @@ pub struct Server {
 enum Item {
     Ready(Message),
     Connect(Message, connect::ConnectWait),
+    /// A publish on its way to the engine; its reply waits for it.
+    Publishing(Message, Box<publish::Publishing>),
 }
 
 /// The outcome of processing a batch: every effect has happened, in order; what remains is
@@ -136,9 +138,10 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// True when a connect in the batch is still to be held.
+    /// True when a connect in the batch is still to be held, or a publish is on its way: the
+    /// connection may go on with its next batch meanwhile.
     pub fn is_waiting(&self) -> bool {
-        self.items.iter().any(|i| matches!(i, Item::Connect(..)))
+        self.items.iter().any(|i| matches!(i, Item::Connect(..) | Item::Publishing(..)))
     }
 }
 
@@ -248,6 +251,10 @@ impl Server {
         for item in batch.items {
             match item {
                 Item::Ready(reply) => parts.push(self.encode_reply(reply)),
+                Item::Publishing(reply, publishing) => {
+                    let reply = self.settle_publish(reply, *publishing).await;
+                    parts.push(self.encode_reply(reply));
+                }
                 Item::Connect(reply, wait) => {
                     let client_id = wait.client_id();
                     let delivered = wait.wait(self).await;
@@ -493,10 +500,13 @@ impl Server {
         };
         let ctx = RequestContext { local: true, ..RequestContext::default() };
         let batch = self.process(vec![message], &ctx, None).await;
-        for item in &batch.items {
-            if let Item::Ready(reply) = item
-                && let Some(err) = &reply.error
-            {
+        for item in batch.items {
+            let reply = match item {
+                Item::Ready(reply) => reply,
+                Item::Publishing(reply, publishing) => self.settle_publish(reply, *publishing).await,
+                Item::Connect(..) => continue,
+            };
+            if let Some(err) = &reply.error {
                 return Err(BayeuxError::parse(err));
             }
         }

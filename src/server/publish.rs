@@ -2,7 +2,7 @@
 //! extension consumes it), ack.
 
 use super::{Item, RequestContext, Server, ServerEvent};
-use crate::engine::{EngineError, Envelope};
+use crate::engine::{EngineError, Envelope, PublishReceipt};
 use crate::protocol::{BayeuxError, Message, channel};
 
 impl Server {
@@ -37,18 +37,45 @@ impl Server {
             } else {
                 Envelope::new(&message)
             };
+            if let Some(receipt) = self.inner.engine.start_publish(&envelope) {
+                // On its way: the reply waits for it in `finish`, and the connection goes on.
+                return Ok(Item::Publishing(reply, Box::new(Publishing { message, receipt })));
+            }
             self.inner.engine.publish(envelope).await.map_err(|e| (reply.clone(), e))?;
-            self.inner.metrics.published();
-            self.inner.sessions.emit(|| ServerEvent::Publish {
-                client_id: message.client_id.clone(),
-                channel: name.to_string(),
-                data: message
-                    .data
-                    .as_ref()
-                    .and_then(|d| serde_json::from_str(d.get()).ok())
-                    .unwrap_or(serde_json::Value::Null),
-            });
+            self.published(&message);
         }
         Ok(Item::Ready(reply))
     }
+
+    /// Counts a stored publish and tells the listeners.
+    fn published(&self, message: &Message) {
+        self.inner.metrics.published();
+        self.inner.sessions.emit(|| ServerEvent::Publish {
+            client_id: message.client_id.clone(),
+            channel: message.channel_str().to_string(),
+            data: message
+                .data
+                .as_ref()
+                .and_then(|d| serde_json::from_str(d.get()).ok())
+                .unwrap_or(serde_json::Value::Null),
+        });
+    }
+
+    /// Waits for a started publish; its reply carries the outcome.
+    pub(super) async fn settle_publish(&self, mut reply: Message, publishing: Publishing) -> Message {
+        match publishing.receipt.await {
+            Ok(()) => self.published(&publishing.message),
+            Err(e) => {
+                tracing::warn!(error = %e, "engine failure while handling a message");
+                reply.error = Some(BayeuxError::server_error(vec![]).to_string());
+            }
+        }
+        reply
+    }
+}
+
+/// A publish the engine has started (see [`crate::engine::Engine::start_publish`]).
+pub(super) struct Publishing {
+    message: Message,
+    receipt: PublishReceipt,
 }

@@ -19,6 +19,8 @@ const BATCH: usize = 1024;
 const BLOCK: Duration = Duration::from_secs(2);
 /// A read that has not answered this long after its block ended counts as a lost connection.
 const READ_GRACE: Duration = Duration::from_secs(3);
+/// Longest a read batch keeps its connections' wake-ups back while more entries arrive.
+const COALESCE_AT_MOST: Duration = Duration::from_millis(2);
 /// Applied entries are trimmed at least this often while entries flow.
 const TRIM_EVERY: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -91,10 +93,21 @@ struct Entry {
 }
 
 impl Entry {
-    fn from_fields(fields: &[Value]) -> Self {
+    /// The entry of a field list; takes the values over (message bodies are not copied).
+    fn from_fields(fields: Vec<Value>) -> Self {
         let mut entry = Entry { root_wildcard: true, ..Entry::default() };
-        for pair in fields.chunks_exact(2) {
-            let (Some(name), Some(value)) = (bytes_of(&pair[0]), bytes_of(&pair[1])) else { continue };
+        let mut fields = fields.into_iter();
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            let Some(name) = bytes_of(&name) else { continue };
+            if name == b"d" {
+                match value {
+                    Value::BulkString(bytes) => entry.data.push(Bytes::from(bytes)),
+                    Value::SimpleString(text) => entry.data.push(Bytes::from(text)),
+                    _ => {}
+                }
+                continue;
+            }
+            let Some(value) = bytes_of(&value) else { continue };
             let text = || String::from_utf8_lossy(value).into_owned();
             match name {
                 b"t" => entry.kind = value.to_vec(),
@@ -102,7 +115,6 @@ impl Entry {
                 b"p" => entry.patterns.push(text()),
                 b"e" => entry.epoch = text().parse().unwrap_or(0),
                 b"to" => entry.to = text(),
-                b"d" => entry.data.push(Bytes::copy_from_slice(value)),
                 b"w" => entry.root_wildcard = value != b"0",
                 _ => {}
             }
@@ -160,6 +172,33 @@ fn entries_of(reply: Value) -> Vec<(EntryId, Vec<Value>)> {
     out
 }
 
+/// One `XREAD` of up to [`BATCH`] entries after `last`, blocking up to `block` when given;
+/// `None` when the connection failed or did not answer.
+async fn read(
+    con: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    last: EntryId,
+    block: Option<Duration>,
+) -> Option<Value> {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT").arg(BATCH);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(block.as_millis() as u64);
+    }
+    cmd.arg("STREAMS").arg(key).arg(last.to_string());
+    match tokio::time::timeout(block.unwrap_or_default() + READ_GRACE, cmd.query_async::<Value>(con)).await {
+        Ok(Ok(reply)) => Some(reply),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "inbox read failed; reconnecting");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("inbox read did not answer; reconnecting");
+            None
+        }
+    }
+}
+
 /// Reads and applies the inbox until `stop`.
 pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
     let mut last = EntryId::default();
@@ -198,31 +237,15 @@ pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
         }
         let mut unread_trim = 0usize;
         let mut trimmed_at = Instant::now();
+        let mut wakes = Vec::new();
         loop {
-            let mut read = redis::cmd("XREAD");
-            read.arg("COUNT")
-                .arg(BATCH)
-                .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&key)
-                .arg(last.to_string());
             let reply = tokio::select! {
-                r = tokio::time::timeout(BLOCK + READ_GRACE, read.query_async::<Value>(&mut con)) => r,
+                r = read(&mut con, &key, last, Some(BLOCK)) => r,
                 _ = stop.cancelled() => return,
             };
-            let reply = match reply {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "inbox read failed; reconnecting");
-                    lost = true;
-                    break;
-                }
-                Err(_) => {
-                    tracing::warn!("inbox read did not answer; reconnecting");
-                    lost = true;
-                    break;
-                }
+            let Some(reply) = reply else {
+                lost = true;
+                break;
             };
             backoff = BACKOFF_MIN;
             let Some(engine) = inner.upgrade() else { return };
@@ -233,21 +256,46 @@ pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
                 last = EntryId::default();
                 continue;
             }
-            let entries = entries_of(reply);
-            for (id, fields) in &entries {
-                let missed = last.missed_before(*id);
-                if missed > 0 {
-                    engine.metrics.inbox_entries_lost(missed);
-                    tracing::warn!(
-                        missed,
-                        "this node fell behind its inbox: unread entries were dropped by its length bound"
-                    );
+            // Apply what came, then whatever arrived meanwhile (without blocking), and only
+            // then wake the connections: under load each socket gets many messages per write.
+            let mut entries = entries_of(reply);
+            let mut applied = 0usize;
+            let started = Instant::now();
+            while !entries.is_empty() {
+                let count = entries.len();
+                for (id, fields) in entries {
+                    let missed = last.missed_before(id);
+                    if missed > 0 {
+                        engine.metrics.inbox_entries_lost(missed);
+                        tracing::warn!(
+                            missed,
+                            "this node fell behind its inbox: unread entries were dropped by its length bound"
+                        );
+                    }
+                    engine.apply(Entry::from_fields(fields), &mut wakes).await;
+                    last = id;
                 }
-                engine.apply(Entry::from_fields(fields)).await;
-                last = *id;
+                applied += count;
+                if applied >= BATCH || started.elapsed() >= COALESCE_AT_MOST {
+                    break;
+                }
+                entries = match tokio::select! {
+                    r = read(&mut con, &key, last, None) => r,
+                    _ = stop.cancelled() => return,
+                } {
+                    Some(reply) => entries_of(reply),
+                    None => {
+                        lost = true;
+                        Vec::new()
+                    }
+                };
             }
-            unread_trim += entries.len();
-            if unread_trim > 0 && (unread_trim >= BATCH || entries.is_empty() || trimmed_at.elapsed() >= TRIM_EVERY) {
+            engine.wake(&mut wakes);
+            if lost {
+                break;
+            }
+            unread_trim += applied;
+            if unread_trim > 0 && (unread_trim >= BATCH || applied == 0 || trimmed_at.elapsed() >= TRIM_EVERY) {
                 let trim: redis::RedisResult<i64> = redis::cmd("XTRIM")
                     .arg(&key)
                     .arg("MINID")
@@ -269,13 +317,13 @@ pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
 }
 
 impl Inner {
-    /// Applies one inbox entry.
-    async fn apply(self: &Arc<Self>, entry: Entry) {
+    /// Applies one inbox entry; clients with new messages are added to `wakes`.
+    async fn apply(self: &Arc<Self>, entry: Entry, wakes: &mut Vec<Arc<str>>) {
         match entry.kind.as_slice() {
             b"m" => {
                 for json in entry.data {
                     match Envelope::from_json_with(json, entry.root_wildcard) {
-                        Some(envelope) => self.deliver(envelope),
+                        Some(envelope) => self.deliver(envelope, wakes),
                         None => tracing::warn!("dropping an inbox message that is not a Bayeux message"),
                     }
                 }
@@ -375,14 +423,24 @@ mod tests {
     #[test]
     fn fields_with_repeats_are_kept() {
         let v = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let e =
-            Entry::from_fields(&[v("t"), v("T"), v("c"), v("abc"), v("e"), v("7"), v("p"), v("/a"), v("p"), v("/b/*")]);
+        let e = Entry::from_fields(vec![
+            v("t"),
+            v("T"),
+            v("c"),
+            v("abc"),
+            v("e"),
+            v("7"),
+            v("p"),
+            v("/a"),
+            v("p"),
+            v("/b/*"),
+        ]);
         assert_eq!(e.kind, b"T");
         assert_eq!(e.client, "abc");
         assert_eq!(e.epoch, 7);
         assert_eq!(e.patterns, ["/a", "/b/*"]);
         assert!(e.root_wildcard);
-        let m = Entry::from_fields(&[v("t"), v("m"), v("d"), v("{}"), v("w"), v("0")]);
+        let m = Entry::from_fields(vec![v("t"), v("m"), v("d"), v("{}"), v("w"), v("0")]);
         assert!(!m.root_wildcard);
         assert_eq!(m.data.len(), 1);
     }

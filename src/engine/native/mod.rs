@@ -17,11 +17,12 @@
 
 mod inbox;
 mod keys;
+mod pipeline;
 mod scripts;
 
 use super::layout_guard::{self, Layout};
 use super::local::LocalClients;
-use super::{ConnectError, Engine, EngineError, EngineObserver, SharedEnvelope, SubscribeOutcome};
+use super::{ConnectError, Engine, EngineError, EngineObserver, PublishReceipt, SharedEnvelope, SubscribeOutcome};
 use crate::clock::unix_ms as now_ms;
 use crate::protocol::client_id;
 use crate::redis_conn::{RedisEndpoint, TimedConnection};
@@ -29,7 +30,6 @@ use crate::telemetry::Metrics;
 use async_trait::async_trait;
 use keys::Keys;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -73,7 +73,8 @@ const REASSERT_BATCH: usize = 200;
 
 pub(crate) struct Inner {
     endpoint: RedisEndpoint,
-    con: ConnectionManager,
+    /// Every command but the inbox reads goes through this one ordered pipeline.
+    pipeline: pipeline::Pipeline,
     metrics: Arc<Metrics>,
     keys: Keys,
     namespace: String,
@@ -112,9 +113,10 @@ impl NativeEngine {
         let con = endpoint.commands().await?;
         let node_id = client_id::generate();
         let keys = Keys::new(&settings.namespace);
+        let pipeline = pipeline::Pipeline::start(TimedConnection { inner: con, metrics: settings.metrics.clone() });
         let inner = Arc::new(Inner {
             endpoint,
-            con,
+            pipeline,
             metrics: settings.metrics,
             inbox: keys.inbox(&node_id),
             keys,
@@ -131,6 +133,10 @@ impl NativeEngine {
             inbox_check: AtomicBool::new(false),
         });
         layout_guard::claim(&mut inner.con(), &inner.namespace, Layout::Native).await?;
+        inner
+            .load_publish_script()
+            .await
+            .map_err(|e| LayoutError::Unavailable { namespace: inner.namespace.clone(), source: e })?;
         inner
             .heartbeat()
             .await
@@ -150,8 +156,8 @@ impl NativeEngine {
 }
 
 impl Inner {
-    fn con(&self) -> TimedConnection {
-        TimedConnection { inner: self.con.clone(), metrics: self.metrics.clone() }
+    fn con(&self) -> pipeline::Pipeline {
+        self.pipeline.clone()
     }
 
     fn check<T>(&self, result: redis::RedisResult<T>) -> Result<T, EngineError> {
@@ -197,11 +203,20 @@ impl Inner {
             if let Err(e) = layout_guard::claim(&mut self.con(), &self.namespace, Layout::Native).await {
                 tracing::error!(error = %e, "cannot claim the namespace again after redis lost its data");
             }
+            // Publishes are sent without waiting, so their script must be there beforehand.
+            self.load_publish_script().await?;
             // Its inbox went too: read the new one from its start.
             self.inbox_check.store(true, Ordering::Relaxed);
             self.reassert().await?;
         }
         Ok(())
+    }
+
+    /// Loads the publish script, so that publishes sent back to back find it (one that does
+    /// not sends the script itself, out of its connection's order).
+    async fn load_publish_script(&self) -> Result<(), EngineError> {
+        let loaded: redis::RedisResult<String> = scripts::PUBLISH.prepare_invoke().load_async(&mut self.con()).await;
+        self.check(loaded).map(|_| ())
     }
 
     /// Writes the records of every client held here that redis no longer has; lets go of
@@ -342,6 +357,17 @@ impl Inner {
         Ok(())
     }
 
+    /// Wakes the connections of clients with newly queued messages.
+    fn wake(&self, wakes: &mut Vec<Arc<str>>) {
+        super::local::dedup_ids(wakes);
+        if let Some(o) = self.observer() {
+            for id in wakes.iter() {
+                o.messages_waiting(id);
+            }
+        }
+        wakes.clear();
+    }
+
     /// Ends the hold of a moved client (see [`LocalClients::release`]) and wakes its connection.
     fn release(&self, client_id: &str, epoch: u64, earlier: Vec<SharedEnvelope>) -> bool {
         if !self.local.release(client_id, epoch, earlier) {
@@ -353,15 +379,13 @@ impl Inner {
         true
     }
 
-    /// Queues a message read from the inbox for every local client it matches.
-    fn deliver(self: &Arc<Self>, envelope: SharedEnvelope) {
+    /// Queues a message read from the inbox for every local client it matches; the clients
+    /// to wake are added to `wakes` (woken once per read batch, so each socket gets the
+    /// batch in one write).
+    fn deliver(self: &Arc<Self>, envelope: SharedEnvelope, wakes: &mut Vec<Arc<str>>) {
         let patterns = envelope.patterns();
         let observer = self.observer();
-        let slow = self.local.fan_out(&envelope, &patterns, |id| {
-            if let Some(o) = observer {
-                o.messages_waiting(id);
-            }
-        });
+        let slow = self.local.fan_out(&envelope, &patterns, |id| wakes.push(id.clone()));
         for (id, queued_bytes) in slow {
             if let Some(o) = observer {
                 o.slow_consumer(&id, queued_bytes);
@@ -559,17 +583,45 @@ impl Engine for NativeEngine {
     }
 
     async fn publish(&self, envelope: SharedEnvelope) -> Result<(), EngineError> {
-        let mut invocation = scripts::PUBLISH.prepare_invoke();
-        for pattern in envelope.patterns() {
-            invocation.key(self.inner.keys.interest(&pattern));
+        match self.start_publish(&envelope) {
+            Some(receipt) => receipt.await,
+            None => Ok(()),
         }
-        invocation
-            .arg(self.inner.keys.inbox_prefix())
-            .arg(self.inner.inbox_max_len)
-            .arg(envelope.encoded.as_ref())
-            .arg(if envelope.reaches_root_wildcard() { "1" } else { "0" });
-        let r: redis::RedisResult<i64> = invocation.invoke_async(&mut self.inner.con()).await;
-        self.inner.check(r).map(|_| ())
+    }
+
+    /// One `EVALSHA` of [`scripts::PUBLISH`], queued on the engine's pipeline at once.
+    fn start_publish(&self, envelope: &SharedEnvelope) -> Option<PublishReceipt> {
+        let patterns = envelope.patterns();
+        let keys = &self.inner.keys;
+        let call = |command: &str, script: &str| {
+            let mut cmd = redis::cmd(command);
+            cmd.arg(script).arg(patterns.len());
+            for pattern in &patterns {
+                cmd.arg(keys.interest(pattern));
+            }
+            cmd.arg(keys.inbox_prefix())
+                .arg(self.inner.inbox_max_len)
+                .arg(envelope.encoded.as_ref())
+                .arg(if envelope.reaches_root_wildcard() { "1" } else { "0" });
+            cmd
+        };
+        let sent = self.inner.pipeline.send(call("EVALSHA", scripts::PUBLISH.get_hash()));
+        // Redis lost its scripts (a restart): the script itself goes instead, which loads it.
+        let reload = call("EVAL", scripts::PUBLISH_SOURCE);
+        let inner = self.inner.clone();
+        Some(Box::pin(async move {
+            let result = match sent.await {
+                Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    reload.query_async::<redis::Value>(&mut inner.con()).await
+                }
+                Ok(result) => result,
+                Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "engine pipeline stopped",
+                ))),
+            };
+            inner.check(result).map(|_| ())
+        }))
     }
 
     async fn take_queued(&self, client_id: &str) -> Result<Vec<SharedEnvelope>, EngineError> {

@@ -22,9 +22,10 @@ use std::sync::LazyLock;
 /// Appends the message once to the inbox of every node interested in any of the patterns.
 /// Returns the number of nodes. Cost: one HKEYS per pattern plus one XADD per node, whatever
 /// the number of subscribers.
-pub(crate) static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
+pub(crate) static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PUBLISH_SOURCE));
+
+/// The source of [`PUBLISH`], for loading it again when redis lost its scripts.
+pub(crate) const PUBLISH_SOURCE: &str = r#"
 local seen, nodes = {}, {}
 for i = 1, #KEYS do
   for _, node in ipairs(redis.call('HKEYS', KEYS[i])) do
@@ -42,9 +43,7 @@ for _, node in ipairs(nodes) do
   end
 end
 return #nodes
-"#,
-    )
-});
+"#;
 
 /// Create a client owned by this node. KEYS[1]: clients; KEYS[2]: the client's hash. ARGV:
 /// client id, node id, now (ms). Returns 0 if the id is taken, 1 when created.
