@@ -250,8 +250,15 @@ impl Server {
                 Item::Ready(reply) => parts.push(self.encode_reply(reply)),
                 Item::Connect(reply, wait) => {
                     let client_id = wait.client_id();
-                    let delivered = wait.wait(self).await;
                     let mut reply = reply;
+                    let delivered = match wait.wait(self).await {
+                        connect::Released::Deliver(delivered) => delivered,
+                        connect::Released::Lost => {
+                            self.refuse_lost(&mut reply, &client_id);
+                            parts.push(self.encode_reply(reply));
+                            continue;
+                        }
+                    };
                     if self.inner.shutdown.is_cancelled() {
                         // Released by shutdown: reconnect (through the load balancer, to
                         // another node) after a random pause, so the clients of a stopping
@@ -324,6 +331,14 @@ impl Server {
     fn handshake_advice(&self) -> Box<RawValue> {
         let jitter = self.inner.settings.reconnect_jitter.as_millis() as u64;
         if jitter == 0 { advice::handshake() } else { advice::handshake_after(rand::random_range(0..=jitter)) }
+    }
+
+    /// Turns a connect reply into Faye's unknown-client answer (`401`, `reconnect:
+    /// "handshake"`), for a client the engine lost while this node held it.
+    fn refuse_lost(&self, reply: &mut Message, client_id: &str) {
+        reply.error = Some(BayeuxError::client_unknown(client_id).to_string());
+        reply.client_id = None;
+        reply.advice = Some(self.handshake_advice());
     }
 
     /// With `bind_client_ip`: a message naming a client id that this node handed to another
@@ -463,6 +478,20 @@ impl Server {
             }
             tokio::select! {
                 _ = session.wake.notified() => tokio::task::yield_now().await,
+                _ = session.lost.cancelled() => {
+                    if session.take_owed_reply() {
+                        // No connect was held to carry the news: push it, as a connect reply.
+                        let mut reply = Message { channel: Some(channel::meta::CONNECT.to_string()), ..Message::default() };
+                        self.refuse_lost(&mut reply, &client_id);
+                        let bytes = codec::encode_array(std::iter::once(self.encode_reply(reply).as_ref()));
+                        let frame = OutFrame { bytes, client_id: None, deliveries: Vec::new(), in_flight: None };
+                        tokio::select! {
+                            _ = socket.tx.send(frame) => {}
+                            _ = stop.cancelled() => {}
+                        }
+                    }
+                    return;
+                }
                 _ = stop.cancelled() => return,
             }
         }
