@@ -25,6 +25,10 @@ pub use protected_channels::ProtectedChannels;
 pub(crate) use session::Sessions;
 pub use session::{InFlight, OutFrame, SocketHandle};
 
+/// How long a connect that failed on the engine (redis away) waits before its error reply,
+/// so clients retry at that pace rather than in a tight loop.
+const ENGINE_FAILURE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Clients released by a shutdown are advised to reconnect within this many milliseconds.
 const SHUTDOWN_RECONNECT_SPREAD_MS: u64 = 2000;
 
@@ -226,10 +230,19 @@ impl Server {
                     tracing::warn!(error = %err, "engine failure while handling a message");
                     reply.error = Some(BayeuxError::server_error(vec![]).to_string());
                     // Keep the client's identity: ask it to retry the same call shortly.
-                    let timeout_ms = self.inner.settings.timeout.as_millis() as u64;
                     let interval_ms = (self.inner.settings.interval.as_millis() as u64).max(1000);
                     reply.advice = match reply.channel_str() {
-                        channel::meta::CONNECT => Some(advice::retry(interval_ms, timeout_ms)),
+                        channel::meta::CONNECT => {
+                            // The pause is taken here rather than advised: a Faye client keeps
+                            // an advised interval until advice replaces it, and Faye's 401
+                            // advice (`reconnect` only) would not, delaying its re-handshake
+                            // after redis returns empty.
+                            tokio::select! {
+                                _ = tokio::time::sleep(ENGINE_FAILURE_PAUSE) => {}
+                                _ = self.inner.shutdown.cancelled() => {}
+                            }
+                            Some(self.inner.advice_retry.clone())
+                        }
                         channel::meta::HANDSHAKE => Some(advice::handshake_after(interval_ms)),
                         _ => None,
                     };
@@ -338,7 +351,10 @@ impl Server {
     fn refuse_lost(&self, reply: &mut Message, client_id: &str) {
         reply.error = Some(BayeuxError::client_unknown(client_id).to_string());
         reply.client_id = None;
-        reply.advice = Some(self.handshake_advice());
+        // With an explicit interval: a Faye client merges advice, and an interval advised
+        // earlier (say while redis was away) would otherwise delay the handshake.
+        let jitter = self.inner.settings.reconnect_jitter.as_millis() as u64;
+        reply.advice = Some(advice::handshake_after(rand::random_range(0..=jitter)));
     }
 
     /// With `bind_client_ip`: a message naming a client id that this node handed to another
