@@ -11,64 +11,23 @@
 
 #[path = "common/balancer.rs"]
 mod balancer;
+#[path = "common/node_process.rs"]
+mod node_process;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
 use actioncluster::{Client, ConnectionState, TransportPreference};
 use balancer::Balancer;
 use futures_util::StreamExt;
+use node_process::NodeProcess;
 use redis_server::RedisServer;
 use serde_json::json;
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// Upper bound of every wait on an event.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The node binary: `ACTIONCLUSTER_BIN` (e.g. target/release/actioncluster) or the one cargo
-/// built for this test.
-fn bin() -> String {
-    std::env::var("ACTIONCLUSTER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_actioncluster").to_string())
-}
-
-/// A node process on the test's redis.
-struct NodeProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl NodeProcess {
-    async fn start(redis: &RedisServer) -> Self {
-        let mut child = Command::new(bin())
-            .args(["--host", "127.0.0.1", "--port", "0", "--timeout", "5", "--log", "error"])
-            .args(["--redis", &redis.url(), "--gc-interval", "3600"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the node binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("listening line in time").unwrap();
-        let line = line.expect("a listening line");
-        let rest = line.strip_prefix("actioncluster listening on http://").expect("listening line");
-        let addr = rest.split('/').next().unwrap().parse().unwrap();
-        Self { child, addr }
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
-    }
-
-    async fn wait_exit(&mut self) {
-        tokio::time::timeout(WAIT, self.child.wait()).await.expect("the node exits in time").unwrap();
-    }
-}
 
 /// What one subscriber received: sequence number -> times received.
 type Inbox = Arc<Mutex<HashMap<u64, u32>>>;
@@ -130,8 +89,9 @@ enum Fault {
 async fn node_goes_away(fault: Fault) {
     let secs: u64 = std::env::var("RELIABILITY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
     let redis = RedisServer::start().await;
-    let mut a = NodeProcess::start(&redis).await;
-    let b = NodeProcess::start(&redis).await;
+    let args = ["--timeout", "5", "--log", "error"];
+    let mut a = NodeProcess::on_redis(&redis.url(), &args).await;
+    let b = NodeProcess::on_redis(&redis.url(), &args).await;
     // Subscribers all land on A; B joins the rotation afterwards (where they will go).
     let lb = Balancer::start(vec![a.addr]).await;
     let url = format!("http://{}/faye", lb.addr());
