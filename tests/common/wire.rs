@@ -104,7 +104,7 @@ impl WsClient {
         self.send(json!({"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["websocket"]}))
             .await;
         let hs = self.next_reply("/meta/handshake").await;
-        self.client_id = hs["clientId"].as_str().expect("clientId").to_string();
+        self.client_id = hs["clientId"].as_str().unwrap_or_else(|| panic!("no clientId in {hs}")).to_string();
         self.send(json!({"channel": "/meta/subscribe", "clientId": self.client_id, "subscription": channel})).await;
         let sub = self.next_reply("/meta/subscribe").await;
         assert_eq!(sub["successful"], json!(true), "{sub}");
