@@ -175,12 +175,74 @@ async function redisRestart({ kind = 'ours', timeout = 45, ws = 5, lp = 5, perio
 
 module.exports = { redisRestart, startRedis };
 
+/** Milliseconds as a table cell. */
+function ms(v) {
+  return v === null || v === undefined ? 'never (within the run)' : `${v} ms`;
+}
+
+/**
+ * The RELIABILITY.md table from result lines: JSON objects from `redis-restart` runs and
+ * `RELIABILITY {json}` lines printed by the Rust scenario tests.
+ */
+function table(lines) {
+  const rows = [['Scenario', 'Server', 'Injected', 'Acknowledged', 'Lost', 'Duplicated', 'Recovery']];
+  for (const line of lines) {
+    const text = line.startsWith('RELIABILITY ') ? line.slice('RELIABILITY '.length) : line;
+    let r;
+    try { r = JSON.parse(text); } catch (_) { continue; }
+    if (r.kind) {
+      const server = r.kind === 'ours' ? 'actioncluster' : 'node.js Faye + faye-redis';
+      for (const [mode, f] of [['websocket', r.websocket], ['long-polling', r.longPolling]]) {
+        const per = r.perSubscriber.filter((p) => p.mode === mode).length;
+        rows.push([`redis restart, no persistence (${per} ${mode} subscribers, timeout ${r.timeout} s)`, server,
+          `redis SIGKILLed at ${r.killedAt} ms, empty again at ${r.redisBackAt} ms; publish every 5 ms for ${r.published} publishes`,
+          `${r.acked} (${r.ackedAfterPlus2s} more than 2 s after redis was back; ${r.refused} refused)`,
+          `${f.lost} in all; ${f.lostAfterPlus2s} of those acknowledged > 2 s after redis was back`,
+          String(f.duplicated), `worst subscriber: ${ms(f.worstRecoveryMs)} after redis was back`]);
+      }
+    } else if (r.scenario === 'node-kill-9' || r.scenario === 'node-sigterm') {
+      const how = r.scenario === 'node-kill-9' ? 'SIGKILL' : 'SIGTERM';
+      for (const mode of ['websocket', 'long-polling']) {
+        const f = r[mode];
+        rows.push([`node death behind a balancer (${r.subscribers / 2} ${mode} subscribers, faye layout)`, 'actioncluster',
+          `${how} to the node holding them; publisher on the other node every 5 ms`, `${r.acked} (${r.refused} refused)`,
+          String(f.lost), String(f.duplicated), `worst subscriber: ${ms(f.worst_recovery_ms)} after the signal`]);
+      }
+    } else if (r.scenario === 'flood-stuck-subscriber') {
+      const mib = (b) => `${(b / 1048576).toFixed(1)} MiB`;
+      rows.push(['flood a subscriber that never reads (memory engine)', 'actioncluster',
+        `${r.published} publishes of 4 KiB, --max-queue-bytes ${mib(r.max_queue_bytes)}`,
+        String(r.published), `${r.healthy_lost} (healthy subscriber)`, '0',
+        `RSS ${mib(r.rss_baseline)} -> peak ${mib(r.rss_peak)} (+${mib(r.rss_growth)}); healthy latency p50 ${r.healthy_latency_ms_p50} ms, p99 ${r.healthy_latency_ms_p99} ms`]);
+    } else if (r.scenario === 'malformed-input') {
+      rows.push(['malformed HTTP bodies and websocket frames mixed with valid traffic', 'actioncluster',
+        `${r.malformed} malformed inputs`, `${r.acked} valid publishes`, String(r.lost), String(r.duplicated),
+        `${r.crashes} crashes; both subscribers kept receiving`]);
+    } else if (r.scenario === 'reconnect-storm-after-redis-restart') {
+      rows.push([`reconnect storm: ${r.clients} held websocket clients after a redis restart`, 'actioncluster',
+        'redis restarted empty', '-', String(r.lost), '-',
+        `all told (401) after ${r.all_told_ms} ms, all handshaken and subscribed again after ${r.all_resubscribed_ms} ms`]);
+    } else if (r.scenario === 'fuzz') {
+      rows.push([`fuzz target \`${r.target}\``, '-', `${r.seconds} s, ${r.runs} executions`, '-', '-', '-', `${r.findings} findings`]);
+    }
+  }
+  return rows.map((row, i) => `| ${row.join(' | ')} |${i === 0 ? `\n|${' --- |'.repeat(row.length)}` : ''}`).join('\n');
+}
+
+module.exports = { redisRestart, startRedis, table };
+
 // `node test/reliability.js redis-restart [ours|faye-reference] [timeout] [durationMs]`
-// prints the figures as one JSON line (scripts/reliability.sh).
+// prints the figures as one JSON line; `node test/reliability.js table < results` prints the
+// markdown table (scripts/reliability.sh).
 if (require.main === module) {
   const [scenario, kind = 'ours', timeout = '45', durationMs = '14000'] = process.argv.slice(2);
+  if (scenario === 'table') {
+    const input = require('node:fs').readFileSync(0, 'utf8');
+    console.log(table(input.split('\n').filter(Boolean)));
+    process.exit(0);
+  }
   if (scenario !== 'redis-restart') {
-    console.error('usage: node test/reliability.js redis-restart [ours|faye-reference] [timeout] [durationMs]');
+    console.error('usage: node test/reliability.js redis-restart [ours|faye-reference] [timeout] [durationMs] | table');
     process.exit(2);
   }
   redisRestart({ kind, timeout: Number(timeout), durationMs: Number(durationMs) })

@@ -61,7 +61,10 @@ pub(super) async fn run(inner: Weak<Inner>, shutdown: CancellationToken) {
                         // connection, this records its run_id): answer lost clients now.
                         let verifier = engine.clone();
                         tokio::spawn(async move {
-                            if verifier.run_id_changed().await || lost_once {
+                            // Evaluated in this order: the run_id is recorded on every
+                            // (re)connection, and a failed read of it must not skip the check.
+                            let changed = verifier.run_id_changed().await;
+                            if changed || lost_once {
                                 verifier.verify_held_clients().await;
                             }
                         });

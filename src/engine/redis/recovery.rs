@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 /// Client ids checked per round trip (one pipelined batch of ZSCOREs).
 const CHECK_BATCH: usize = 500;
+/// Retries of a failed check, [`CHECK_RETRY`] apart.
+const CHECK_ATTEMPTS: u32 = 20;
+const CHECK_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Inner {
     /// Reads redis's `run_id` (INFO server); true when it differs from the one seen before,
@@ -38,11 +41,21 @@ impl Inner {
         let held = observer.held_clients();
         let mut lost = 0;
         for chunk in held.chunks(CHECK_BATCH) {
-            let gone = match self.missing(chunk).await {
-                Ok(gone) => gone,
-                Err(e) => {
-                    tracing::debug!(error = %e, "checking held clients after a gap failed");
-                    break;
+            let mut attempt = 0;
+            let gone = loop {
+                match self.missing(chunk).await {
+                    Ok(gone) => break gone,
+                    // Right after redis returns, the command connection may still be
+                    // reconnecting: its first commands fail.
+                    Err(e) if attempt < CHECK_ATTEMPTS => {
+                        attempt += 1;
+                        tracing::debug!(error = %e, attempt, "checking held clients failed; retrying");
+                        tokio::time::sleep(CHECK_RETRY).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not check held clients after a redis gap");
+                        return lost;
+                    }
                 }
             };
             for id in gone {
