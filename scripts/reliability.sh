@@ -50,6 +50,7 @@ if [ "$FUZZ_SECS" -gt 0 ]; then
   for target in codec channel; do
     echo "== fuzz $target for ${FUZZ_SECS} s" >&2
     log="$OUT/fuzz-$target.log"
+    mkdir -p "fuzz/corpus/$target"
     rc=0
     cargo +nightly fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" --jobs 1 -- \
       -max_total_time="$FUZZ_SECS" -dict="fuzz/dicts/$target.dict" -print_final_stats=1 > "$log" 2>&1 || rc=$?
