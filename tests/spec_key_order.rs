@@ -38,7 +38,12 @@ impl<'de> Deserialize<'de> for Keys {
 
 /// Sends `message` and returns the key order of each reply object, as written on the wire.
 async fn key_orders(addr: SocketAddr, message: Value) -> Vec<Vec<String>> {
-    let reply = bayeux::post_raw(addr, &message.to_string()).await;
+    key_orders_raw(addr, &message.to_string()).await
+}
+
+/// As [`key_orders`] for a body given as text (`json!` sorts keys; this keeps them).
+async fn key_orders_raw(addr: SocketAddr, body: &str) -> Vec<Vec<String>> {
+    let reply = bayeux::post_raw(addr, body).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let objects: Vec<Keys> = serde_json::from_str(&reply.text()).expect("a JSON array of objects");
     objects.into_iter().map(|k| k.0).collect()
@@ -127,6 +132,24 @@ async fn meta_and_publish_replies_keep_fayes_key_order() {
     for (message, expected) in cases {
         assert_eq!(one(addr, message.clone()).await, keys(&expected), "reply to {message}");
     }
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delivery_reads_like_the_faye_clients_publish_without_client_id() {
+    let node = TestNode::start().await;
+    let addr = node.addr;
+    let subscriber = bayeux::subscriber(addr, &["/order"]).await;
+    let publisher = bayeux::handshake(addr).await;
+    // As Faye's client writes a publish: channel, data, clientId, id, ext (Faye's server
+    // delivers the publisher's object minus clientId, in the publisher's order).
+    let publish =
+        format!(r#"{{"channel":"/order","data":{{"n":1}},"clientId":"{publisher}","id":"p1","ext":{{"k":1}}}}"#);
+    let replies = key_orders_raw(addr, &publish).await;
+    assert_eq!(replies, vec![keys(&["id", "clientId", "channel", "successful"])]);
+    let orders = key_orders(addr, bayeux::connect_msg(&subscriber)).await;
+    assert_eq!(orders.len(), 2, "{orders:?}");
+    assert_eq!(orders[1], keys(&["channel", "data", "id", "ext"]));
     node.shutdown().await;
 }
 

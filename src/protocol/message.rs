@@ -213,18 +213,21 @@ impl Serialize for Message {
         if self.successful.is_some() {
             return self.serialize_reply(s);
         }
+        // Requests and deliveries in the order Faye's client writes a publish (`channel, data,
+        // clientId, id`, then `ext`): Faye's server delivers the publisher's object minus
+        // `clientId`, so a delivery reads `channel, data, id, ext` there too.
         let mut map = s.serialize_map(None)?;
-        if let Some(v) = &self.id {
-            map.serialize_entry("id", v)?;
+        if let Some(v) = &self.channel {
+            map.serialize_entry("channel", v)?;
+        }
+        if let Some(v) = &self.data {
+            map.serialize_entry("data", v)?;
         }
         if let Some(v) = &self.client_id {
             map.serialize_entry("clientId", v)?;
         }
-        if let Some(v) = &self.channel {
-            map.serialize_entry("channel", v)?;
-        }
-        if let Some(v) = &self.successful {
-            map.serialize_entry("successful", v)?;
+        if let Some(v) = &self.id {
+            map.serialize_entry("id", v)?;
         }
         if let Some(v) = &self.error {
             map.serialize_entry("error", v)?;
@@ -246,9 +249,6 @@ impl Serialize for Message {
         }
         if let Some(v) = &self.advice {
             map.serialize_entry("advice", v)?;
-        }
-        if let Some(v) = &self.data {
-            map.serialize_entry("data", v)?;
         }
         if let Some(v) = &self.ext {
             map.serialize_entry("ext", v)?;
@@ -372,7 +372,7 @@ mod tests {
         assert_eq!(m.data.as_ref().unwrap().get(), r#"{"x":[1, 2]}"#);
         assert_eq!(m.other.len(), 1);
         let out = serde_json::to_string(&m.for_delivery()).unwrap();
-        assert_eq!(out, r#"{"id":7,"channel":"/a","data":{"x":[1, 2]},"ext":{"t":1},"zz":true}"#);
+        assert_eq!(out, r#"{"channel":"/a","data":{"x":[1, 2]},"id":7,"ext":{"t":1},"zz":true}"#);
     }
 
     #[test]
