@@ -12,7 +12,10 @@
 #   --duration S       seconds measured per scenario (default 10)
 #   --warmup S         seconds published before measuring (default 2)
 #   --idle-clients N   idle websocket clients (default: as many as the open-files limit allows, at most 100000)
-#   --only LIST        comma-separated subset of: fanout,fanout-half,fanout-common,channels,longpoll,idle,redis,redis-2nodes
+#   --only LIST        comma-separated subset of: fanout,fanout-half,fanout-common,channels,longpoll,idle,
+#                      redis,redis-2nodes,redis-rooms (faye layout), native,native-2nodes,native-rooms
+#                      (--redis-layout native), commands (redis commands per publish at 10, 1,000 and
+#                      10,000 subscribers, both layouts and node.js faye-redis)
 #   --servers LIST     ours,node (default both)
 #   --out DIR          results directory (default target/bench-compare); results.jsonl is appended to
 set -euo pipefail
@@ -22,7 +25,7 @@ ROOT=$PWD
 DURATION=10
 WARMUP=2
 IDLE_CLIENTS=
-ONLY=fanout,fanout-half,fanout-common,channels,longpoll,idle,redis,redis-2nodes
+ONLY=fanout,fanout-half,fanout-common,channels,longpoll,idle,redis,redis-2nodes,redis-rooms,native,native-2nodes,native-rooms,commands
 SERVERS=ours,node
 OUT=target/bench-compare
 TIMEOUT=45
@@ -100,13 +103,14 @@ wait_url() {
   return 1
 }
 
-# start_server KIND NAME [REDIS_URL]: sets SERVER_URL and SERVER_PID.
+# start_server KIND NAME [REDIS_URL] [LAYOUT]: sets SERVER_URL and SERVER_PID. LAYOUT (faye or
+# native) is our nodes' --redis-layout; node.js Faye always uses faye-redis.
 start_server() {
-  local kind=$1 name=$2 redis=${3:-}
+  local kind=$1 name=$2 redis=${3:-} layout=${4:-faye}
   local log=$OUT/logs/$name
   if [ "$kind" = ours ]; then
     "$OURS_BIN" --host 127.0.0.1 --port 0 --timeout "$TIMEOUT" --handshake-rate 0 --log warn \
-      ${redis:+--redis "$redis"} >"$log.out" 2>"$log.err" &
+      ${redis:+--redis "$redis" --redis-layout "$layout"} >"$log.out" 2>"$log.err" &
   else
     NODE_ENV=production node "$ROOT/benches/node/faye-server.js" --host 127.0.0.1 --port 0 --timeout "$TIMEOUT" \
       ${redis:+--redis "$redis"} >"$log.out" 2>"$log.err" &
@@ -165,21 +169,50 @@ run_single() {
   stop "$SERVER_PID"
 }
 
-# run_redis SERVER LABEL NODES: fan-out on the redis engine, subscribers on the first node and
-# the publisher on the last.
+# run_redis SERVER LABEL NODES [SCENARIO] [LAYOUT]: a scenario (default fanout) on redis,
+# subscribers on the first node and publishers on the last; LAYOUT is our nodes' layout.
 run_redis() {
-  local server=$1 label=$2 nodes=$3
-  start_redis "redis-$nodes-$server"
-  start_server "$server" "redis$nodes-a-$server" "$REDIS_URL"
+  local server=$1 label=$2 nodes=$3 scenario=${4:-fanout} layout=${5:-faye}
+  start_redis "redis-$nodes-$scenario-$layout-$server"
+  start_server "$server" "redis$nodes-$scenario-$layout-a-$server" "$REDIS_URL" "$layout"
   local url_a=$SERVER_URL url_b=$SERVER_URL pids=("$SERVER_PID")
   if [ "$nodes" = 2 ]; then
-    start_server "$server" "redis$nodes-b-$server" "$REDIS_URL"
+    start_server "$server" "redis$nodes-$scenario-$layout-b-$server" "$REDIS_URL" "$layout"
     url_b=$SERVER_URL
     pids+=("$SERVER_PID")
   fi
-  loadgen fanout --url "$url_a" --pub-url "$url_b" "${pids[@]/#/--server-pid=}" --redis-pid "$REDIS_PID" \
+  loadgen "$scenario" --url "$url_a" --pub-url "$url_b" "${pids[@]/#/--server-pid=}" --redis-pid "$REDIS_PID" \
     --server "$server" --label "$label" || echo "bench-compare: $label [$server] failed" >&2
   stop "${pids[@]}" "$REDIS_PID"
+}
+
+# redis_calls PORT: every command redis ran (those inside scripts included) since its stats reset.
+redis_calls() {
+  redis-cli -p "$1" INFO commandstats | tr -d '\r' | grep -o 'calls=[0-9]*' | cut -d= -f2 |
+    awk '{ s += $1 } END { print s + 0 }'
+}
+
+# commands_per_publish SERVER LAYOUT SUBSCRIBERS: redis commands one publish costs, fan-out to
+# SUBSCRIBERS on one node. Two runs that differ only in how many messages are published (the
+# subscribers' set-up, heartbeats and connects are the same in both); the difference in
+# commands over the difference in publishes is what a publish costs, deliveries included.
+commands_per_publish() {
+  local server=$1 layout=$2 subscribers=$3 calls=() pubs=()
+  for rate in 2 6; do
+    start_redis "commands-$server-$layout-$subscribers-$rate"
+    local port=${REDIS_URL##*:}
+    port=${port%%/*}
+    start_server "$server" "commands-$server-$layout-$subscribers-$rate" "$REDIS_URL" "$layout"
+    redis-cli -p "$port" CONFIG RESETSTAT >/dev/null
+    local out=$OUT/logs/commands-$server-$layout-$subscribers-$rate.json
+    "$LOADGEN" fanout --url "$SERVER_URL" --subscribers "$subscribers" --rate "$rate" --duration 5 --warmup 0 \
+      --drain 20 --source-addrs 16 --server "$server" --label commands --json-out "$out" >/dev/null 2>&1 || true
+    calls+=("$(redis_calls "$port")")
+    pubs+=("$(grep -o '"publishes_acked":[0-9]*' "$out" | tail -1 | cut -d: -f2)")
+    stop "$SERVER_PID" "$REDIS_PID"
+  done
+  awk -v c1="${calls[0]}" -v c2="${calls[1]}" -v p1="${pubs[0]:-0}" -v p2="${pubs[1]:-0}" \
+    'BEGIN { if (p2 > p1) printf "%.1f", (c2 - c1) / (p2 - p1); else printf "?" }'
 }
 
 each_server() { # each_server FUNCTION ARGS...: runs it for ours, then node
@@ -233,8 +266,40 @@ fi
 if wants redis-2nodes; then
   each_server run_redis "redis: fan-out, sub node A, pub node B" 2
 fi
+if wants redis-rooms; then
+  each_server run_redis "redis: 100 rooms x 10, sub node A, pub node B" 2 channels
+fi
+# The native layout: our nodes with --redis-layout native; node.js Faye on faye-redis beside them.
+if wants native; then
+  each_server run_redis "native: fan-out 1->100, one node" 1 fanout native
+fi
+if wants native-2nodes; then
+  each_server run_redis "native: fan-out, sub node A, pub node B" 2 fanout native
+fi
+if wants native-rooms; then
+  each_server run_redis "native: 100 rooms x 10, sub node A, pub node B" 2 channels native
+fi
+if wants commands; then
+  COMMANDS_TABLE=$OUT/commands.md
+  {
+    echo "| subscribers | ours, native layout | ours, faye layout | node.js faye-redis |"
+    echo "| ---: | ---: | ---: | ---: |"
+  } > "$COMMANDS_TABLE"
+  for n in 10 1000 10000; do
+    native=$(commands_per_publish ours native "$n")
+    faye=$(commands_per_publish ours faye "$n")
+    node=?
+    if wants_server node; then node=$(commands_per_publish node faye "$n"); fi
+    echo "| $n | $native | $faye | $node |" >> "$COMMANDS_TABLE"
+  done
+fi
 
 echo
 echo "== rustc processes running at the end: $(pgrep -c rustc || true) (figures taken while others compile are skewed)"
 echo
 "$LOADGEN" report "$RESULTS" | tee "$OUT/table.md"
+if [ -n "${COMMANDS_TABLE:-}" ]; then
+  echo
+  echo "== redis commands per publish (INFO commandstats, script-internal commands included)"
+  cat "$COMMANDS_TABLE"
+fi

@@ -31,6 +31,8 @@ echo "== TLS (HTTPS/WSS) with --features tls"
 cargo test --features tls --test tls
 echo "== spec tests against the node.js Faye server (proves the expectations are Faye's)"
 ACTIONCLUSTER_SPEC_REFERENCE=1 cargo test --test 'spec_*'
+echo "== spec tests against two nodes of ours on the native redis layout behind a round-robin balancer"
+ACTIONCLUSTER_SPEC_ENGINE=native-pair cargo test --test 'spec_*'
 echo "== compat-tests (npm faye against our release binary)"
 (
   cd compat-tests

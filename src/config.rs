@@ -13,6 +13,29 @@ pub const DEFAULT_SERVER_TOKEN: &str = "not-a-secret-set-server-token";
 /// `general.welcomeMessage`).
 pub const DEFAULT_WELCOME_MESSAGE: &str = "Hello! Welcome to the actionHero api";
 
+/// The redis key layout a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisLayout {
+    /// faye-redis 0.2.0's layout: node.js Faye nodes with faye-redis share the cluster. Redis
+    /// does work for every delivery.
+    #[default]
+    Faye,
+    /// Our own layout: a publish costs redis work per interested node, and each node fans
+    /// out to its clients. Only our nodes understand it.
+    Native,
+}
+
+impl std::str::FromStr for RedisLayout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "faye" => Ok(RedisLayout::Faye),
+            "native" => Ok(RedisLayout::Native),
+            other => Err(format!("unknown redis layout {other:?} (expected faye or native)")),
+        }
+    }
+}
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,6 +84,11 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Redis key namespace (`faye` gives `faye/clients`; empty gives faye-redis's default).
     pub namespace: String,
+    /// How nodes share clients in redis: faye-redis's layout (node.js Faye nodes can join) or
+    /// the native one (node-side fan-out; our nodes only).
+    pub redis_layout: RedisLayout,
+    /// Native layout: most entries a node's inbox keeps while the node does not read them.
+    pub inbox_max_len: usize,
     /// How often expired clients are garbage-collected from redis.
     pub gc_interval: Duration,
     /// PEM certificate chain for HTTPS/WSS (needs the `tls` feature).
@@ -118,6 +146,8 @@ impl Default for Config {
             client_script: None,
             redis_url: None,
             namespace: "faye".to_string(),
+            redis_layout: RedisLayout::Faye,
+            inbox_max_len: 100_000,
             gc_interval: Duration::from_secs(60),
             tls_cert: None,
             tls_key: None,

@@ -2,7 +2,8 @@
 //! Faye's browser and node.js clients connect to it unchanged.
 //!
 //! Layers, each importing only those before it:
-//! `protocol` (pure wire model) → `engine` (clients, subscriptions, queues) → `server`
+//! `protocol` (pure wire model) → `engine` (clients, subscriptions, queues: in memory, in
+//! redis in faye-redis's layout, or in redis's native layout with node-side fan-out) → `server`
 //! (Bayeux processing, sessions, extensions) → `transport` (HTTP, websocket); `node` wires
 //! them from a [`Config`]. Beside them, `cluster` (cache, stats, web messages, rooms, tasks and
 //! peers shared by the nodes, in memory or in redis) imports only `protocol`, `redis_conn`
@@ -41,7 +42,7 @@ pub use cluster::{
 };
 pub use cluster::{RoomAdd, RoomStatus, Rooms};
 pub use commands::{CommandCall, CommandError, CommandResponse, CommandResult, Commands};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, RedisLayout};
 pub use node::{Node, NodeBuilder, NodeError};
 pub use protocol::{BayeuxError, Message};
 pub use server::ProtectedChannels;

@@ -68,6 +68,13 @@ struct Args {
     /// Redis key namespace shared with the other nodes (faye-redis layout).
     #[arg(long, env = "ACTIONCLUSTER_NAMESPACE", default_value = "faye")]
     namespace: String,
+    /// Redis key layout: `faye` (faye-redis's, shared with node.js Faye nodes) or `native`
+    /// (node-side fan-out, our nodes only; scales with nodes).
+    #[arg(long, env = "ACTIONCLUSTER_REDIS_LAYOUT", default_value = "faye")]
+    redis_layout: actioncluster::RedisLayout,
+    /// Native layout: most entries a node's inbox keeps while the node does not read them.
+    #[arg(long, env = "ACTIONCLUSTER_INBOX_MAX_LEN", default_value_t = 100_000)]
+    inbox_max_len: usize,
     /// Seconds between garbage collections of expired clients in redis (faye-redis: 60).
     #[arg(long, env = "ACTIONCLUSTER_GC_INTERVAL", default_value_t = 60.0, value_parser = positive_secs)]
     gc_interval: f64,
@@ -157,6 +164,8 @@ async fn main() -> ExitCode {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         namespace: args.namespace,
+        redis_layout: args.redis_layout,
+        inbox_max_len: args.inbox_max_len,
         gc_interval: Duration::from_secs_f64(args.gc_interval),
         server_token: args.server_token,
         welcome_message: args.welcome_message,

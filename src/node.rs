@@ -2,9 +2,10 @@
 
 use crate::client::{Client, ClientBuilder, InProcessServer};
 use crate::cluster::{Cluster, ClusterError, ClusterSettings, TaskDefinition, TaskSettings};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, RedisLayout};
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
+use crate::engine::native::{NativeEngine, NativeSettings};
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::protocol::BayeuxError;
 use crate::server::{Extension, RequestContext, Server, ServerEvent, ServerSettings};
@@ -30,6 +31,10 @@ pub enum NodeError {
     /// Redis could not be used.
     #[error(transparent)]
     Redis(#[from] crate::redis_conn::RedisConnError),
+    /// The redis engine could not start (redis unreachable, or the namespace is used by the
+    /// other layout).
+    #[error(transparent)]
+    Engine(#[from] crate::engine::ConnectError),
     /// The cluster layers could not be set up.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -98,9 +103,9 @@ impl NodeBuilder {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
-        let engine: Arc<dyn Engine> = match &config.redis_url {
-            None => Arc::new(MemoryEngine::with_queue_limit(config.timeout, config.max_queue_bytes)),
-            Some(url) => Arc::new(
+        let engine: Arc<dyn Engine> = match (&config.redis_url, config.redis_layout) {
+            (None, _) => Arc::new(MemoryEngine::with_queue_limit(config.timeout, config.max_queue_bytes)),
+            (Some(url), RedisLayout::Faye) => Arc::new(
                 RedisEngine::connect(RedisSettings {
                     url: url.clone(),
                     namespace: config.namespace.clone(),
@@ -108,6 +113,18 @@ impl NodeBuilder {
                     gc_interval: config.gc_interval,
                     metrics: metrics.clone(),
                     max_queue_bytes: config.max_queue_bytes,
+                })
+                .await?,
+            ),
+            (Some(url), RedisLayout::Native) => Arc::new(
+                NativeEngine::connect(NativeSettings {
+                    url: url.clone(),
+                    namespace: config.namespace.clone(),
+                    timeout: config.timeout,
+                    gc_interval: config.gc_interval,
+                    metrics: metrics.clone(),
+                    max_queue_bytes: config.max_queue_bytes,
+                    inbox_max_len: config.inbox_max_len,
                 })
                 .await?,
             ),
@@ -167,7 +184,10 @@ impl NodeBuilder {
             shutdown.clone(),
             metrics,
         );
-        engine.start(shutdown.clone());
+        // The engine outlives the transport at shutdown: sessions still move to other nodes
+        // while this one drains.
+        let engine_stop = CancellationToken::new();
+        engine.start(engine_stop.clone());
         for definition in self.tasks {
             cluster.tasks().define(definition);
         }
@@ -237,9 +257,13 @@ impl NodeBuilder {
             shutdown.clone(),
             tracker.clone(),
         );
-        let engine_name = if config.redis_url.is_some() { "redis" } else { "memory" };
+        let engine_name = match (&config.redis_url, config.redis_layout) {
+            (None, _) => "memory",
+            (Some(_), RedisLayout::Faye) => "redis (faye layout)",
+            (Some(_), RedisLayout::Native) => "redis (native layout)",
+        };
         tracing::info!(%local_addr, mount = %config.mount, engine = engine_name, "node started");
-        Ok(Node { config, local_addr, server, cluster, chat, commands, shutdown, tracker })
+        Ok(Node { config, local_addr, server, cluster, chat, commands, shutdown, engine_stop, tracker })
     }
 }
 
@@ -250,6 +274,8 @@ pub struct Node {
     server: Server,
     cluster: Cluster,
     shutdown: CancellationToken,
+    /// Stops the engine's background work, after the transport and the drain.
+    engine_stop: CancellationToken,
     chat: crate::chat::Chat,
     commands: crate::commands::Commands,
     tracker: TaskTracker,
@@ -326,11 +352,16 @@ impl Node {
         // Leave the cluster first (running tasks finish or are handed back), then stop
         // serving.
         self.cluster.stop().await;
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, self.tracker.wait()).await.is_err() {
             tracing::warn!("shutdown grace elapsed with connections still open");
         }
+        // Released clients reconnect elsewhere; hand their sessions over until the grace ends.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.server.engine().drain(left).await;
+        self.engine_stop.cancel();
     }
 }
 

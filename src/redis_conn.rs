@@ -78,6 +78,18 @@ impl RedisEndpoint {
             .map_err(|source| RedisConnError::Unreachable { url: self.url.clone(), source })
     }
 
+    /// A dedicated connection whose replies may take as long as they need, for blocking
+    /// reads (`XREAD BLOCK`); the caller bounds each call itself.
+    pub async fn blocking(&self) -> Result<redis::aio::MultiplexedConnection, RedisConnError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(None);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|source| RedisConnError::Unreachable { url: self.url.clone(), source })
+    }
+
     /// A dedicated pub/sub connection.
     pub async fn pubsub(&self) -> Result<PubSub, RedisConnError> {
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, self.client.get_async_pubsub()).await {

@@ -55,6 +55,8 @@ pub struct Metrics {
     redis_latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     redis_latency_micros: AtomicU64,
     redis_reconnects: AtomicU64,
+    inbox_entries_lost: AtomicU64,
+    sessions_moved: AtomicU64,
 }
 
 /// Decrements a connection gauge when dropped: hold it for the connection's lifetime.
@@ -139,6 +141,17 @@ impl Metrics {
         self.redis_reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Native layout: `n` inbox entries were dropped by the inbox's length bound before this
+    /// node read them (it fell that far behind).
+    pub fn inbox_entries_lost(&self, n: u64) {
+        self.inbox_entries_lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Native layout: a client's session moved to this node from another.
+    pub fn session_moved(&self) {
+        self.sessions_moved.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Messages accepted for publishing so far.
     pub fn published_total(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
@@ -212,6 +225,18 @@ impl Metrics {
                 "actioncluster_redis_reconnects_total",
                 "Reconnections of the redis pub/sub listener.",
                 load(&self.redis_reconnects),
+            );
+            counter(
+                &mut out,
+                "actioncluster_inbox_entries_lost_total",
+                "Native layout: inbox entries (messages, session changes) dropped by the length bound before this node read them.",
+                load(&self.inbox_entries_lost),
+            );
+            counter(
+                &mut out,
+                "actioncluster_sessions_moved_total",
+                "Native layout: client sessions taken over from another node.",
+                load(&self.sessions_moved),
             );
             let _ = writeln!(out, "# HELP actioncluster_redis_round_trip_seconds Redis round-trip latency.");
             let _ = writeln!(out, "# TYPE actioncluster_redis_round_trip_seconds histogram");

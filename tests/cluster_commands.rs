@@ -5,14 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
-#[path = "common/redis_server.rs"]
-mod redis_server;
 
 use actioncluster::commands::{COMMAND_CHANNEL, DEFAULT_COMMAND_TIMEOUT, PING};
 use actioncluster::{CommandCall, CommandError, Config, Node, NodeBuilder};
+use common::redis_server::RedisServer;
 use common::{WAIT, within};
 use futures_util::StreamExt;
-use redis_server::RedisServer;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 

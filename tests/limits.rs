@@ -5,8 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
-#[path = "common/redis_server.rs"]
-mod redis_server;
 
 use actioncluster::ServerEvent;
 use bytes::Bytes;
@@ -236,7 +234,7 @@ async fn on_redis_a_subscriber_whose_queue_outgrows_the_bound_is_destroyed() {
     if skip_on_reference("Faye has no queue bound") {
         return;
     }
-    let redis = redis_server::RedisServer::start().await;
+    let redis = common::redis_server::RedisServer::start().await;
     let node = actioncluster::Node::start(actioncluster::Config {
         host: "127.0.0.1".into(),
         port: 0,

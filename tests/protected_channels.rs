@@ -6,15 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
-#[path = "common/redis_server.rs"]
-mod redis_server;
 
 use actioncluster::chat::connection_channel;
 use actioncluster::{ChatError, ChatPayload, Config, Node, RoomAdd, RoomMatch};
 use common::bayeux;
+use common::redis_server::RedisServer;
 use common::ws::Ws;
 use common::{WAIT, within};
-use redis_server::RedisServer;
 use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
 use std::net::SocketAddr;

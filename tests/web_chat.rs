@@ -5,15 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
-#[path = "common/redis_server.rs"]
-mod redis_server;
 
 use actioncluster::chat::connection_channel;
 use actioncluster::{Client, Config, Node, Subscription};
 use common::http::{self, Reply, urlencode};
+use common::redis_server::RedisServer;
 use common::{WAIT, within};
 use futures_util::StreamExt;
-use redis_server::RedisServer;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -94,6 +94,16 @@ fn pubsub_figures(has_rate: bool, has_redis: bool) -> Vec<Figure> {
             decimals: 0,
         },
         Figure {
+            name: "server+redis CPU µs per delivery",
+            key: |r| {
+                let cpu = field(r, "server_cpu_pct")? + field(r, "redis_cpu_pct").unwrap_or(0.0);
+                let rate = field(r, "delivered_per_s").filter(|d| *d > 0.0)?;
+                Some(cpu / 100.0 / rate * 1e6)
+            },
+            better: Better::Lower,
+            decimals: 2,
+        },
+        Figure {
             name: "generator CPU %",
             key: |r| field(r, "generator_cpu_pct"),
             better: Better::Neither,

@@ -7,42 +7,13 @@
 
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
 const http = require('node:http');
 const redis = require('redis');
 const {
-  EventLog, MODES, Scope, TEST_TIMEOUT_MS, WAIT_MS, connectOver, freePort, publish, startServer, subscribe, withTimeout,
+  EventLog, MODES, Scope, TEST_TIMEOUT_MS, WAIT_MS, connectOver, publish, startRedis, startServer, subscribe, withTimeout,
 } = require('./helpers');
 
 const NAMESPACE = 'faye';
-
-/** Our own redis-server on a free loopback port; never a redis we did not start. */
-async function startRedis() {
-  const port = await freePort();
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const ready = new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk) => {
-      out += chunk;
-      if (out.includes('Ready to accept connections')) resolve();
-    });
-    child.on('exit', (code) => reject(new Error(`redis-server exited (${code}) before it was ready:\n${out}`)));
-    child.on('error', reject);
-  });
-  await withTimeout(ready, WAIT_MS, 'redis-server to be ready');
-  return {
-    url: `redis://127.0.0.1:${port}/0`,
-    port,
-    async stop() {
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGKILL');
-      await exited;
-    },
-  };
-}
 
 /** A redis client (npm redis 3, callback API) for assertions. */
 function redisClient(port) {

@@ -462,6 +462,34 @@ function bayeuxError(reason) {
   return String(reason);
 }
 
+/** Our own redis-server on a free loopback port; never a redis we did not start. */
+async function startRedis() {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const ready = new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk) => {
+      out += chunk;
+      if (out.includes('Ready to accept connections')) resolve();
+    });
+    child.on('exit', (code) => reject(new Error(`redis-server exited (${code}) before it was ready:\n${out}`)));
+    child.on('error', reject);
+  });
+  await withTimeout(ready, WAIT_MS, 'redis-server to be ready');
+  return {
+    url: `redis://127.0.0.1:${port}/0`,
+    port,
+    async stop() {
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
 /**
  * Registers one describe block per selected server and per mode, each with its
  * own server process started in `before` and stopped in `after`. `register`
@@ -493,6 +521,7 @@ function forEachTarget(title, register, serverOptions = {}) {
 }
 
 module.exports = {
+  startRedis,
   EventLog,
   abandon,
   LISTENING_LINE,

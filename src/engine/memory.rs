@@ -2,37 +2,19 @@
 //! connect timeout, as in Faye's memory engine. Each client's queue is bounded in bytes: a
 //! client whose queue outgrows the bound (a slow consumer) is destroyed.
 
+use super::local::LocalClients;
 use super::{Engine, EngineError, EngineObserver, SharedEnvelope, SubscribeOutcome};
 use crate::protocol::client_id;
 use async_trait::async_trait;
-use dashmap::DashMap;
-use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-struct ClientEntry {
-    last_seen: Instant,
-    subscriptions: HashSet<Arc<str>>,
-    queue: VecDeque<SharedEnvelope>,
-    /// Encoded size of everything in `queue`.
-    queued_bytes: usize,
-}
-
-impl ClientEntry {
-    fn new() -> Self {
-        Self { last_seen: Instant::now(), subscriptions: HashSet::new(), queue: VecDeque::new(), queued_bytes: 0 }
-    }
-}
-
 struct Inner {
-    clients: DashMap<Arc<str>, ClientEntry>,
-    channels: DashMap<Arc<str>, HashSet<Arc<str>>>,
+    clients: LocalClients,
     observer: OnceLock<Arc<dyn EngineObserver>>,
     expire_after: Duration,
-    /// A client whose queue holds more than this many bytes is destroyed.
-    max_queue_bytes: usize,
 }
 
 /// In-process engine for a stand-alone node.
@@ -52,11 +34,9 @@ impl MemoryEngine {
     pub fn with_queue_limit(timeout: Duration, max_queue_bytes: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
-                clients: DashMap::new(),
-                channels: DashMap::new(),
+                clients: LocalClients::new(max_queue_bytes),
                 observer: OnceLock::new(),
                 expire_after: timeout * 2,
-                max_queue_bytes: if max_queue_bytes == 0 { usize::MAX } else { max_queue_bytes },
             }),
         }
     }
@@ -68,47 +48,23 @@ impl Inner {
     }
 
     fn destroy(&self, client_id: &str) -> bool {
-        let Some((id, entry)) = self.clients.remove(client_id) else {
+        let Some(removed) = self.clients.remove(client_id) else {
             return false;
         };
-        for sub in &entry.subscriptions {
-            self.remove_from_channel(sub, &id);
-            if let Some(o) = self.observer() {
-                o.unsubscribed(&id, sub);
-            }
-        }
         if let Some(o) = self.observer() {
-            o.client_destroyed(&id);
+            for sub in &removed.subscriptions {
+                o.unsubscribed(&removed.id, sub);
+            }
+            o.client_destroyed(&removed.id);
         }
         true
     }
 
-    fn remove_from_channel(&self, channel: &str, client_id: &str) {
-        let now_empty = match self.channels.get_mut(channel) {
-            Some(mut set) => {
-                set.remove(client_id);
-                set.is_empty()
-            }
-            None => false,
-        };
-        if now_empty {
-            self.channels.remove_if(channel, |_, set| set.is_empty());
-        }
-    }
-
     fn expire(&self) {
-        let now = Instant::now();
-        let stale: Vec<Arc<str>> = self
-            .clients
-            .iter()
-            .filter(|e| now.duration_since(e.last_seen) > self.expire_after)
-            .map(|e| e.key().clone())
-            .collect();
-        for id in stale {
-            // Re-check under the entry: a ping may have arrived meanwhile.
-            let still_stale =
-                self.clients.get(&*id).is_some_and(|e| now.duration_since(e.last_seen) > self.expire_after);
-            if still_stale {
+        let Some(cutoff) = Instant::now().checked_sub(self.expire_after) else { return };
+        for id in self.clients.unseen_since(cutoff) {
+            // Re-check: a ping may have arrived meanwhile.
+            if self.clients.is_unseen_since(&id, cutoff) {
                 tracing::debug!(client_id = %id, "client expired");
                 self.destroy(&id);
             }
@@ -137,10 +93,9 @@ impl Engine for MemoryEngine {
 
     async fn create_client(&self) -> Result<String, EngineError> {
         loop {
-            let id: Arc<str> = client_id::generate().into();
-            if let dashmap::Entry::Vacant(slot) = self.inner.clients.entry(id.clone()) {
-                slot.insert(ClientEntry::new());
-                return Ok(id.to_string());
+            let id = client_id::generate();
+            if self.inner.clients.insert(&id) {
+                return Ok(id);
             }
         }
     }
@@ -150,13 +105,11 @@ impl Engine for MemoryEngine {
     }
 
     async fn client_exists(&self, client_id: &str) -> Result<bool, EngineError> {
-        Ok(self.inner.clients.contains_key(client_id))
+        Ok(self.inner.clients.contains(client_id))
     }
 
     async fn ping(&self, client_id: &str) -> Result<(), EngineError> {
-        if let Some(mut e) = self.inner.clients.get_mut(client_id) {
-            e.last_seen = Instant::now();
-        }
+        self.inner.clients.touch(client_id);
         Ok(())
     }
 
@@ -166,34 +119,17 @@ impl Engine for MemoryEngine {
         channel: &str,
         max: usize,
     ) -> Result<SubscribeOutcome, EngineError> {
-        let (id, channel): (Arc<str>, Arc<str>) = {
-            let Some(mut entry) = self.inner.clients.get_mut(client_id) else {
-                return Ok(SubscribeOutcome::Existing);
-            };
-            if entry.subscriptions.contains(channel) {
-                return Ok(SubscribeOutcome::Existing);
-            }
-            if entry.subscriptions.len() >= max {
-                return Ok(SubscribeOutcome::LimitReached);
-            }
-            let id = entry.key().clone();
-            let channel: Arc<str> = channel.into();
-            entry.subscriptions.insert(channel.clone());
-            (id, channel)
-        };
-        self.inner.channels.entry(channel.clone()).or_default().insert(id.clone());
-        if let Some(o) = self.inner.observer() {
-            o.subscribed(&id, &channel);
+        let outcome = self.inner.clients.subscribe(client_id, channel, max);
+        if outcome == SubscribeOutcome::Added
+            && let Some(o) = self.inner.observer()
+        {
+            o.subscribed(client_id, channel);
         }
-        Ok(SubscribeOutcome::Added)
+        Ok(outcome)
     }
 
     async fn unsubscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
-        let removed = match self.inner.clients.get_mut(client_id) {
-            Some(mut entry) => entry.subscriptions.remove(channel),
-            None => false,
-        };
-        self.inner.remove_from_channel(channel, client_id);
+        let removed = self.inner.clients.unsubscribe(client_id, channel);
         if removed && let Some(o) = self.inner.observer() {
             o.unsubscribed(client_id, channel);
         }
@@ -202,38 +138,14 @@ impl Engine for MemoryEngine {
 
     async fn publish(&self, envelope: SharedEnvelope) -> Result<(), EngineError> {
         let patterns = envelope.patterns();
-        let mut recipients: Vec<Arc<str>> = Vec::new();
-        let mut seen: HashSet<Arc<str>> = HashSet::new();
-        for pattern in &patterns {
-            if let Some(set) = self.inner.channels.get(pattern.as_str()) {
-                for id in set.iter() {
-                    if seen.insert(id.clone()) {
-                        recipients.push(id.clone());
-                    }
-                }
+        let observer = self.inner.observer();
+        let slow = self.inner.clients.fan_out(&envelope, &patterns, |id| {
+            if let Some(o) = observer {
+                o.messages_waiting(id);
             }
-        }
-        let size = envelope.encoded.len();
-        let mut slow: Vec<(Arc<str>, usize)> = Vec::new();
-        for id in recipients {
-            let queued = match self.inner.clients.get_mut(&*id) {
-                Some(mut entry) => {
-                    entry.queue.push_back(envelope.clone());
-                    entry.queued_bytes = entry.queued_bytes.saturating_add(size);
-                    if entry.queued_bytes > self.inner.max_queue_bytes {
-                        slow.push((id.clone(), entry.queued_bytes));
-                    }
-                    true
-                }
-                None => false,
-            };
-            if queued && let Some(o) = self.inner.observer() {
-                o.messages_waiting(&id);
-            }
-        }
-        // Outside every entry guard: destroying takes the client's and its channels' locks.
+        });
         for (id, queued_bytes) in slow {
-            if let Some(o) = self.inner.observer() {
+            if let Some(o) = observer {
                 o.slow_consumer(&id, queued_bytes);
             }
             self.inner.destroy(&id);
@@ -242,31 +154,17 @@ impl Engine for MemoryEngine {
     }
 
     fn queued_messages(&self) -> Option<u64> {
-        Some(self.inner.clients.iter().map(|e| e.queue.len() as u64).sum())
+        Some(self.inner.clients.queued_messages())
     }
 
     async fn take_queued(&self, client_id: &str) -> Result<Vec<SharedEnvelope>, EngineError> {
-        Ok(match self.inner.clients.get_mut(client_id) {
-            Some(mut entry) => {
-                entry.queued_bytes = 0;
-                entry.queue.drain(..).collect()
-            }
-            None => Vec::new(),
-        })
+        Ok(self.inner.clients.take(client_id))
     }
 
     async fn requeue(&self, client_id: &str, envelopes: Vec<SharedEnvelope>) -> Result<(), EngineError> {
-        let requeued = match self.inner.clients.get_mut(client_id) {
-            Some(mut entry) => {
-                for env in envelopes.into_iter().rev() {
-                    entry.queued_bytes = entry.queued_bytes.saturating_add(env.encoded.len());
-                    entry.queue.push_front(env);
-                }
-                true
-            }
-            None => false,
-        };
-        if requeued && let Some(o) = self.inner.observer() {
+        if self.inner.clients.requeue(client_id, envelopes)
+            && let Some(o) = self.inner.observer()
+        {
             o.messages_waiting(client_id);
         }
         Ok(())

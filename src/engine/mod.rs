@@ -1,14 +1,19 @@
 //! Engines hold clients, subscriptions and queued messages. The memory engine serves one
-//! node; the redis engine (faye-redis layout) lets nodes share them. Server and transport
+//! node; the redis engine (faye-redis layout) lets nodes share them with node.js Faye; the
+//! native engine (native redis layout) lets our nodes share them with node-side fan-out. Server and transport
 //! talk only to the [`Engine`] trait, so either engine plugs in unchanged.
 
+pub mod layout_guard;
+pub(crate) mod local;
 pub mod memory;
+pub mod native;
 pub mod redis;
 
 use crate::protocol::Message;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -44,15 +49,27 @@ impl Envelope {
     /// Wraps a message read back from a queue (JSON of the whole published message). The
     /// bytes are reused as-is when they carry no `clientId`; otherwise they are re-encoded.
     pub fn from_json(json: Bytes) -> Option<Arc<Self>> {
+        Self::from_json_with(json, true)
+    }
+
+    /// As [`Envelope::from_json`], saying whether subscribers of `/**` receive it.
+    pub(crate) fn from_json_with(json: Bytes, root_wildcard: bool) -> Option<Arc<Self>> {
         let message: Message = serde_json::from_slice(&json).ok()?;
         if message.malformed.is_some() || message.channel.is_none() {
             return None;
         }
         if message.client_id.is_none() {
-            Some(Arc::new(Self { message, encoded: json, root_wildcard: true }))
+            Some(Arc::new(Self { message, encoded: json, root_wildcard }))
         } else {
-            Some(Self::new(&message))
+            let message = message.for_delivery();
+            let encoded = crate::protocol::codec::encode(&message);
+            Some(Arc::new(Self { message, encoded, root_wildcard }))
         }
+    }
+
+    /// False when subscribers of `/**` must not receive it (see [`Envelope::new_without_root_wildcard`]).
+    pub fn reaches_root_wildcard(&self) -> bool {
+        self.root_wildcard
     }
 
     /// The channel it was published to.
@@ -91,6 +108,17 @@ pub enum EngineError {
     /// The backing store cannot be reached right now.
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Why a redis engine could not start.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// Redis could not be reached, or the URL is wrong.
+    #[error(transparent)]
+    Redis(#[from] crate::redis_conn::RedisConnError),
+    /// The namespace is used by the other redis layout, or could not be checked.
+    #[error(transparent)]
+    Layout(#[from] layout_guard::LayoutError),
 }
 
 /// What an engine tells the node about its clients.
@@ -138,6 +166,11 @@ pub trait Engine: Send + Sync + 'static {
     async fn client_exists(&self, client_id: &str) -> Result<bool, EngineError>;
     /// Marks the client as seen now, postponing its expiry.
     async fn ping(&self, client_id: &str) -> Result<(), EngineError>;
+    /// The client's deliveries go out through this node from now on (a connect that waits for
+    /// messages, or a socket bound here). The native redis layout moves its session here.
+    async fn claim(&self, _client_id: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
     /// Subscribes without a limit; true if the subscription is new.
     async fn subscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
         Ok(self.subscribe_limited(client_id, channel, usize::MAX).await? == SubscribeOutcome::Added)
@@ -166,4 +199,7 @@ pub trait Engine: Send + Sync + 'static {
     }
     /// Puts messages that could not be delivered back at the head of the client's queue.
     async fn requeue(&self, client_id: &str, envelopes: Vec<SharedEnvelope>) -> Result<(), EngineError>;
+    /// At shutdown, after the node released its clients: waits (at most `within`) for the
+    /// sessions held here to move to other nodes. Engines with nothing to hand over return at once.
+    async fn drain(&self, _within: Duration) {}
 }

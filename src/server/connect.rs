@@ -115,6 +115,11 @@ impl Server {
         }
 
         self.inner.engine.ping(client_id).await.map_err(|e| (message.reply(), e))?;
+        // An EventSource connect is a keepalive: its deliveries go through the stream, which
+        // claimed the client where it was opened.
+        if connection_type != "eventsource" {
+            self.inner.engine.claim(client_id).await.map_err(|e| (message.reply(), e))?;
+        }
         if let Some(socket) = socket {
             self.bind(client_id, socket);
         }

@@ -428,6 +428,10 @@ impl Server {
     pub async fn attach_socket(&self, client_id: &str, socket: &SocketHandle) -> bool {
         match self.inner.engine.client_exists(client_id).await {
             Ok(true) => {
+                if let Err(e) = self.inner.engine.claim(client_id).await {
+                    tracing::warn!(client_id, error = %e, "cannot take the client's session over");
+                    return false;
+                }
                 self.bind(client_id, socket);
                 true
             }

@@ -8,9 +8,13 @@
 //! themselves there ([`skip_on_reference`]).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "balancer.rs"]
+pub mod balancer;
 pub mod bayeux;
 pub mod eventsource;
 pub mod http;
+#[path = "redis_server.rs"]
+pub mod redis_server;
 pub mod ws;
 
 use actioncluster::{Config, Extension, Node, ServerEvent};
@@ -44,6 +48,23 @@ pub fn reference_mode() -> bool {
     std::env::var("ACTIONCLUSTER_SPEC_REFERENCE").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// True when every [`TestNode`] is two nodes of ours on the native redis layout behind a
+/// round-robin TCP balancer (`ACTIONCLUSTER_SPEC_ENGINE=native-pair`): each new connection
+/// reaches the other node, so sessions move between nodes as with a balancer without
+/// stickiness.
+pub fn native_pair_mode() -> bool {
+    std::env::var("ACTIONCLUSTER_SPEC_ENGINE").is_ok_and(|v| v == "native-pair")
+}
+
+/// For tests of one node's own state (its events, its limits): true (skip) in native-pair mode.
+pub fn skip_on_native_pair(why: &str) -> bool {
+    if native_pair_mode() {
+        eprintln!("skipped on two native nodes: {why}");
+        return true;
+    }
+    false
+}
+
 /// For tests of our own settings (no counterpart in Faye): true (skip) in reference mode.
 pub fn skip_on_reference(why: &str) -> bool {
     if reference_mode() {
@@ -55,6 +76,7 @@ pub fn skip_on_reference(why: &str) -> bool {
 
 enum Kind {
     Ours(Box<Node>),
+    NativePair { nodes: Vec<Node>, _balancer: balancer::Balancer, _redis: redis_server::RedisServer },
     Reference { _child: tokio::process::Child },
 }
 
@@ -93,6 +115,9 @@ impl TestNode {
         if reference_mode() {
             return Self::start_reference(&config).await;
         }
+        if native_pair_mode() {
+            return Self::start_native_pair(config, ext).await;
+        }
         let timeout = config.timeout;
         let mut builder = Node::builder(config);
         if let Some(ext) = ext {
@@ -117,6 +142,45 @@ impl TestNode {
             }
         });
         Self { addr, timeout, kind: Kind::Ours(Box::new(node)), events: tx }
+    }
+
+    async fn start_native_pair<E: Extension>(mut config: Config, ext: Option<E>) -> Self {
+        let redis = redis_server::RedisServer::start().await;
+        config.redis_url = Some(redis.url());
+        config.redis_layout = actioncluster::RedisLayout::Native;
+        // Expiry on redis is garbage collection: run it often enough for "about twice the timeout".
+        config.gc_interval = (config.timeout / 4).max(Duration::from_millis(100));
+        let ext = ext.map(|e| std::sync::Arc::new(e));
+        let (tx, _) = broadcast::channel(4096);
+        let mut nodes = Vec::new();
+        for _ in 0..2 {
+            let mut builder = Node::builder(config.clone());
+            if let Some(ext) = &ext {
+                builder = builder.extension(SharedExtension(ext.clone()));
+            }
+            let node = builder.start().await.expect("native node starts");
+            let mut rx = node.events();
+            let fwd = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(ev) => {
+                            let _ = fwd.send(ev);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            });
+            nodes.push(node);
+        }
+        let balancer = balancer::Balancer::start(nodes.iter().map(|n| n.local_addr()).collect()).await;
+        Self {
+            addr: balancer.addr(),
+            timeout: config.timeout,
+            kind: Kind::NativePair { nodes, _balancer: balancer, _redis: redis },
+            events: tx,
+        }
     }
 
     async fn start_reference(config: &Config) -> Self {
@@ -182,6 +246,10 @@ impl TestNode {
                 .await
                 .expect("in-process publish in time")
                 .expect("in-process publish"),
+            Kind::NativePair { nodes, .. } => tokio::time::timeout(WAIT, nodes[0].publish(channel, data))
+                .await
+                .expect("in-process publish in time")
+                .expect("in-process publish"),
             Kind::Reference { .. } => {
                 let body = json!({"channel": channel, "data": data}).to_string();
                 let reply = http::request(self.addr, "POST", "/__publish", &[], body).await;
@@ -197,14 +265,42 @@ impl TestNode {
 
     /// Stops the node.
     pub async fn shutdown(self) {
-        if let Kind::Ours(node) = self.kind {
-            (*node).shutdown().await;
+        match self.kind {
+            Kind::Ours(node) => (*node).shutdown().await,
+            Kind::NativePair { nodes, .. } => {
+                for node in nodes {
+                    node.shutdown().await;
+                }
+            }
+            Kind::Reference { .. } => {}
         }
     }
 }
 
 struct NoExtension;
 impl Extension for NoExtension {}
+
+/// One extension shared by both nodes of a native pair.
+struct SharedExtension<E>(std::sync::Arc<E>);
+
+impl<E: Extension> Extension for SharedExtension<E> {
+    fn incoming(&self, message: &mut actioncluster::Message, request: &actioncluster::RequestContext) {
+        self.0.incoming(message, request)
+    }
+    fn consumes(
+        &self,
+        message: &actioncluster::Message,
+        request: &actioncluster::RequestContext,
+    ) -> Result<bool, String> {
+        self.0.consumes(message, request)
+    }
+    fn outgoing(&self, message: &mut actioncluster::Message, recipient: Option<&str>) {
+        self.0.outgoing(message, recipient)
+    }
+    fn rewrites_outgoing(&self) -> bool {
+        self.0.rewrites_outgoing()
+    }
+}
 
 /// Waits (bounded) for the next event matching `pred`; panics with the events seen otherwise.
 pub async fn wait_event(

@@ -111,6 +111,50 @@ impl WsClient {
         self.send(json!({"channel": "/meta/connect", "clientId": self.client_id, "connectionType": "websocket"})).await;
     }
 
+    /// Opens a websocket to `addr` for a client that handshook elsewhere (a reconnect after
+    /// its node went away) and sends its connect.
+    pub async fn resume(addr: SocketAddr, client_id: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/faye")).await.expect("ws connect");
+        let mut c = Self { client_id: client_id.to_string(), ws, pending: Vec::new() };
+        c.send(json!({"channel": "/meta/connect", "clientId": client_id, "connectionType": "websocket"})).await;
+        c
+    }
+
+    /// The next delivered message, or `None` once the server closed the socket.
+    pub async fn next_message_or_close(&mut self) -> Option<Value> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if !self.pending.is_empty() {
+                    return Some(self.pending.remove(0));
+                }
+                let batch = match self.ws.next().await {
+                    Some(Ok(WsMessage::Text(t))) => {
+                        serde_json::from_str::<Value>(&t).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return None,
+                    Some(Ok(_)) => continue,
+                };
+                for m in batch {
+                    if !m["channel"].as_str().unwrap_or("").starts_with("/meta/") {
+                        self.pending.push(m);
+                    } else if m["channel"] == json!("/meta/connect") && m["successful"] == json!(true) {
+                        let id = self.client_id.clone();
+                        let _ = self
+                            .ws
+                            .send(WsMessage::Text(
+                                json!({"channel": "/meta/connect", "clientId": id, "connectionType": "websocket"})
+                                    .to_string()
+                                    .into(),
+                            ))
+                            .await;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("a message or a close in time")
+    }
+
     async fn send(&mut self, v: Value) {
         self.ws.send(WsMessage::Text(v.to_string().into())).await.expect("ws send");
     }

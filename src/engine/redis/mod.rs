@@ -8,9 +8,9 @@ mod listener;
 mod recovery;
 mod scripts;
 
-use super::{Engine, EngineError, EngineObserver, Envelope, SharedEnvelope, SubscribeOutcome};
+use super::{ConnectError, Engine, EngineError, EngineObserver, Envelope, SharedEnvelope, SubscribeOutcome};
 use crate::protocol::client_id;
-use crate::redis_conn::{RedisConnError, RedisEndpoint, TimedConnection};
+use crate::redis_conn::{RedisEndpoint, TimedConnection};
 use crate::telemetry::Metrics;
 use async_trait::async_trait;
 use keys::Keys;
@@ -223,9 +223,11 @@ impl Inner {
 
 impl RedisEngine {
     /// Connects the command connection; the pub/sub listener starts with [`Engine::start`].
-    pub async fn connect(settings: RedisSettings) -> Result<Self, RedisConnError> {
+    pub async fn connect(settings: RedisSettings) -> Result<Self, ConnectError> {
         let endpoint = RedisEndpoint::parse(&settings.url)?;
-        let con = endpoint.commands().await?;
+        let mut con = endpoint.commands().await?;
+        crate::engine::layout_guard::claim(&mut con, &settings.namespace, crate::engine::layout_guard::Layout::Faye)
+            .await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 endpoint,
