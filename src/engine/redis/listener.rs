@@ -57,21 +57,21 @@ pub(super) async fn run(inner: Weak<Inner>, shutdown: CancellationToken) {
                             engine.metrics.redis_reconnect();
                             tracing::info!("redis pub/sub resubscribed; re-draining held clients");
                         }
-                        // Redis may have lost its data during the gap (or, on the first
-                        // connection, this records its run_id): answer lost clients now.
+                        // Redis may have lost its data during the gap (on the first connection
+                        // this records its run_id): clients it forgot are answered first, then
+                        // every held client re-drains, since messages may have been queued while
+                        // nobody listened. In that order, so a connect woken by the re-drain
+                        // is already known to be lost.
                         let verifier = engine.clone();
                         tokio::spawn(async move {
-                            // Evaluated in this order: the run_id is recorded on every
-                            // (re)connection, and a failed read of it must not skip the check.
                             let changed = verifier.run_id_changed().await;
                             if changed || lost_once {
                                 verifier.verify_held_clients().await;
                             }
+                            if let Some(o) = verifier.observer.get() {
+                                o.redrain_all();
+                            }
                         });
-                        // Messages may have been queued while nobody listened.
-                        if let Some(o) = engine.observer.get() {
-                            o.redrain_all();
-                        }
                     }
                     let (sink, mut stream) = pubsub.split();
                     let mut check = tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_CHECK, HEALTH_CHECK);
