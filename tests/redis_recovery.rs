@@ -9,14 +9,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod common;
-#[path = "common/redis_server.rs"]
-mod redis_server;
 #[path = "common/wire.rs"]
 mod wire;
 
 use actioncluster::{Config, Node};
 use common::eventsource::EventStream;
-use redis_server::RedisServer;
+use common::redis_server::RedisServer;
 use serde_json::{Value, json};
 use std::time::Duration;
 use wire::{LpClient, WAIT, WsClient, post, publish};
