@@ -141,6 +141,17 @@ pub trait EngineObserver: Send + Sync + 'static {
     /// The client's queue grew past the engine's bound (`queued_bytes` > the limit); the
     /// engine destroys it right after this call.
     fn slow_consumer(&self, _client_id: &str, _queued_bytes: usize) {}
+    /// The clients this node holds (sessions, held connects, sockets): after the backing
+    /// store may have lost its data, the engine checks that they still exist.
+    fn held_clients(&self) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+    /// The backing store lost the client (a restart without persistence): answer it at once
+    /// with the unknown-client error so it handshakes again, instead of holding it until its
+    /// connect times out.
+    fn client_lost(&self, client_id: &str) {
+        self.client_closed(client_id);
+    }
 }
 
 /// Storage of clients, subscriptions and message queues (Faye's engine interface).

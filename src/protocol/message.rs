@@ -69,6 +69,9 @@ pub struct Message {
     /// Set when the element was not a JSON object or a known field had the wrong JSON type;
     /// names the offending field so the server can answer with a Bayeux error.
     pub malformed: Option<String>,
+    /// On a reply: its `error` came with the request (an extension set it), so it is written
+    /// before `successful`, where Faye puts it. Never serialized.
+    pub error_from_request: bool,
 }
 
 impl Message {
@@ -100,6 +103,7 @@ impl Message {
             client_id: self.client_id.clone().filter(|c| !c.is_empty()),
             channel: self.channel.clone().filter(|c| !c.is_empty()),
             error: self.error.clone(),
+            error_from_request: self.error.is_some(),
             ..Message::default()
         }
     }
@@ -114,20 +118,116 @@ fn is_truthy(raw: &RawValue) -> bool {
     !matches!(raw.get(), "null" | "false" | "0" | "\"\"")
 }
 
-impl Serialize for Message {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+/// Where a reply's `error` goes among its keys, as Faye's server builds replies: copied
+/// from the request before `successful`; set by the handshake after `version` when that is
+/// missing, else after `supportedConnectionTypes`; set by a
+/// subscribe's client checks (401, 402) before `subscription` and by its channel checks
+/// after it; otherwise right after `successful`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ErrorSlot {
+    BeforeSuccessful,
+    AfterSuccessful,
+    AfterVersion,
+    AfterConnectionTypes,
+    AfterSubscription,
+}
+
+impl Message {
+    /// A reply (it has `successful`) written in Faye's key order; see [`ErrorSlot`].
+    fn serialize_reply<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let handshake = self.channel.as_deref() == Some(crate::protocol::channel::meta::HANDSHAKE);
+        let slot = if self.error_from_request {
+            ErrorSlot::BeforeSuccessful
+        } else if handshake {
+            if self.error.as_deref().is_some_and(|e| e.starts_with("402:version:")) {
+                ErrorSlot::AfterVersion
+            } else {
+                ErrorSlot::AfterConnectionTypes
+            }
+        } else if self.subscription.is_some()
+            && !self.error.as_deref().is_some_and(|e| e.starts_with("401:") || e.starts_with("402:"))
+        {
+            ErrorSlot::AfterSubscription
+        } else {
+            ErrorSlot::AfterSuccessful
+        };
         let mut map = s.serialize_map(None)?;
+        let error = |map: &mut S::SerializeMap, at: ErrorSlot| match &self.error {
+            Some(v) if at == slot => map.serialize_entry("error", v),
+            _ => Ok(()),
+        };
         if let Some(v) = &self.id {
             map.serialize_entry("id", v)?;
         }
-        if let Some(v) = &self.client_id {
+        // A handshake request has no clientId: Faye adds it once the client exists, late.
+        if let Some(v) = self.client_id.as_ref().filter(|_| !handshake) {
             map.serialize_entry("clientId", v)?;
         }
         if let Some(v) = &self.channel {
             map.serialize_entry("channel", v)?;
         }
+        error(&mut map, ErrorSlot::BeforeSuccessful)?;
         if let Some(v) = &self.successful {
             map.serialize_entry("successful", v)?;
+        }
+        error(&mut map, ErrorSlot::AfterSuccessful)?;
+        if let Some(v) = &self.version {
+            map.serialize_entry("version", v)?;
+        }
+        error(&mut map, ErrorSlot::AfterVersion)?;
+        if let Some(v) = &self.minimum_version {
+            map.serialize_entry("minimumVersion", v)?;
+        }
+        if let Some(v) = &self.supported_connection_types {
+            map.serialize_entry("supportedConnectionTypes", v)?;
+        }
+        error(&mut map, ErrorSlot::AfterConnectionTypes)?;
+        if let Some(v) = self.client_id.as_ref().filter(|_| handshake) {
+            map.serialize_entry("clientId", v)?;
+        }
+        if let Some(v) = &self.connection_type {
+            map.serialize_entry("connectionType", v)?;
+        }
+        if let Some(v) = &self.subscription {
+            map.serialize_entry("subscription", v)?;
+        }
+        error(&mut map, ErrorSlot::AfterSubscription)?;
+        if let Some(v) = &self.advice {
+            map.serialize_entry("advice", v)?;
+        }
+        if let Some(v) = &self.data {
+            map.serialize_entry("data", v)?;
+        }
+        if let Some(v) = &self.ext {
+            map.serialize_entry("ext", v)?;
+        }
+        for (k, v) in &self.other {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl Serialize for Message {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.successful.is_some() {
+            return self.serialize_reply(s);
+        }
+        // Requests and deliveries in the order Faye's client writes a publish (`channel, data,
+        // clientId, id`, then `ext`): Faye's server delivers the publisher's object minus
+        // `clientId`, so a delivery reads `channel, data, id, ext` there too.
+        let mut map = s.serialize_map(None)?;
+        if let Some(v) = &self.channel {
+            map.serialize_entry("channel", v)?;
+        }
+        if let Some(v) = &self.data {
+            map.serialize_entry("data", v)?;
+        }
+        if let Some(v) = &self.client_id {
+            map.serialize_entry("clientId", v)?;
+        }
+        if let Some(v) = &self.id {
+            map.serialize_entry("id", v)?;
         }
         if let Some(v) = &self.error {
             map.serialize_entry("error", v)?;
@@ -149,9 +249,6 @@ impl Serialize for Message {
         }
         if let Some(v) = &self.advice {
             map.serialize_entry("advice", v)?;
-        }
-        if let Some(v) = &self.data {
-            map.serialize_entry("data", v)?;
         }
         if let Some(v) = &self.ext {
             map.serialize_entry("ext", v)?;
@@ -275,7 +372,7 @@ mod tests {
         assert_eq!(m.data.as_ref().unwrap().get(), r#"{"x":[1, 2]}"#);
         assert_eq!(m.other.len(), 1);
         let out = serde_json::to_string(&m.for_delivery()).unwrap();
-        assert_eq!(out, r#"{"id":7,"channel":"/a","data":{"x":[1, 2]},"ext":{"t":1},"zz":true}"#);
+        assert_eq!(out, r#"{"channel":"/a","data":{"x":[1, 2]},"id":7,"ext":{"t":1},"zz":true}"#);
     }
 
     #[test]

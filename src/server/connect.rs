@@ -8,6 +8,14 @@ use crate::protocol::{BayeuxError, CONNECTION_TYPES, Message};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How a held connect ended.
+pub(super) enum Released {
+    /// Answer it, followed by these messages.
+    Deliver(Vec<SharedEnvelope>),
+    /// The engine lost the client while it was held: answer with the unknown-client error.
+    Lost,
+}
+
 /// A connect that passed validation and now waits to be answered.
 pub(super) struct ConnectWait {
     session: Arc<Session>,
@@ -19,12 +27,30 @@ impl ConnectWait {
         self.session.client_id.clone()
     }
 
-    /// Waits until messages are queued (long-polling) or the hold ends; returns what to deliver.
-    /// A client bound to a socket gets its messages through the socket, so its connect only
-    /// waits out the hold.
-    pub(super) async fn wait(self, server: &Server) -> Vec<SharedEnvelope> {
+    /// Waits until messages are queued (long-polling) or the hold ends; returns what to
+    /// deliver, or [`Released::Lost`] when the engine lost the client meanwhile. A client
+    /// bound to a socket gets its messages through the socket, so its connect only waits out
+    /// the hold.
+    pub(super) async fn wait(self, server: &Server) -> Released {
+        let session = self.session.clone();
+        let (number, release) = session.begin_connect();
+        let delivered = self.hold_until_released(server, &release).await;
+        if session.end_connect(number) {
+            if !delivered.is_empty() {
+                // Taken just before the loss: give them back rather than drop them.
+                server.requeue(&session.client_id, delivered).await;
+            }
+            return Released::Lost;
+        }
+        Released::Deliver(delivered)
+    }
+
+    async fn hold_until_released(
+        self,
+        server: &Server,
+        release: &tokio_util::sync::CancellationToken,
+    ) -> Vec<SharedEnvelope> {
         let session = self.session;
-        let release = session.begin_connect();
         let shutdown = server.shutdown_token().clone();
         let deadline = tokio::time::sleep(self.hold);
         tokio::pin!(deadline);

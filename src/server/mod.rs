@@ -25,6 +25,10 @@ pub use protected_channels::ProtectedChannels;
 pub(crate) use session::Sessions;
 pub use session::{InFlight, OutFrame, SocketHandle};
 
+/// How long a connect that failed on the engine (redis away) waits before its error reply,
+/// so clients retry at that pace rather than in a tight loop.
+const ENGINE_FAILURE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Clients released by a shutdown are advised to reconnect within this many milliseconds.
 const SHUTDOWN_RECONNECT_SPREAD_MS: u64 = 2000;
 
@@ -229,10 +233,19 @@ impl Server {
                     tracing::warn!(error = %err, "engine failure while handling a message");
                     reply.error = Some(BayeuxError::server_error(vec![]).to_string());
                     // Keep the client's identity: ask it to retry the same call shortly.
-                    let timeout_ms = self.inner.settings.timeout.as_millis() as u64;
                     let interval_ms = (self.inner.settings.interval.as_millis() as u64).max(1000);
                     reply.advice = match reply.channel_str() {
-                        channel::meta::CONNECT => Some(advice::retry(interval_ms, timeout_ms)),
+                        channel::meta::CONNECT => {
+                            // The pause is taken here rather than advised: a Faye client keeps
+                            // an advised interval until advice replaces it, and Faye's 401
+                            // advice (`reconnect` only) would not, delaying its re-handshake
+                            // after redis returns empty.
+                            tokio::select! {
+                                _ = tokio::time::sleep(ENGINE_FAILURE_PAUSE) => {}
+                                _ = self.inner.shutdown.cancelled() => {}
+                            }
+                            Some(self.inner.advice_retry.clone())
+                        }
                         channel::meta::HANDSHAKE => Some(advice::handshake_after(interval_ms)),
                         _ => None,
                     };
@@ -257,8 +270,15 @@ impl Server {
                 }
                 Item::Connect(reply, wait) => {
                     let client_id = wait.client_id();
-                    let delivered = wait.wait(self).await;
                     let mut reply = reply;
+                    let delivered = match wait.wait(self).await {
+                        connect::Released::Deliver(delivered) => delivered,
+                        connect::Released::Lost => {
+                            self.refuse_lost(&mut reply, &client_id);
+                            parts.push(self.encode_reply(reply));
+                            continue;
+                        }
+                    };
                     if self.inner.shutdown.is_cancelled() {
                         // Released by shutdown: reconnect (through the load balancer, to
                         // another node) after a random pause, so the clients of a stopping
@@ -331,6 +351,17 @@ impl Server {
     fn handshake_advice(&self) -> Box<RawValue> {
         let jitter = self.inner.settings.reconnect_jitter.as_millis() as u64;
         if jitter == 0 { advice::handshake() } else { advice::handshake_after(rand::random_range(0..=jitter)) }
+    }
+
+    /// Turns a connect reply into Faye's unknown-client answer (`401`, `reconnect:
+    /// "handshake"`), for a client the engine lost while this node held it.
+    fn refuse_lost(&self, reply: &mut Message, client_id: &str) {
+        reply.error = Some(BayeuxError::client_unknown(client_id).to_string());
+        reply.client_id = None;
+        // With an explicit interval: a Faye client merges advice, and an interval advised
+        // earlier (say while redis was away) would otherwise delay the handshake.
+        let jitter = self.inner.settings.reconnect_jitter.as_millis() as u64;
+        reply.advice = Some(advice::handshake_after(rand::random_range(0..=jitter)));
     }
 
     /// With `bind_client_ip`: a message naming a client id that this node handed to another
@@ -474,6 +505,20 @@ impl Server {
             }
             tokio::select! {
                 _ = session.wake.notified() => tokio::task::yield_now().await,
+                _ = session.lost.cancelled() => {
+                    if session.take_owed_reply() {
+                        // No connect was held to carry the news: push it, as a connect reply.
+                        let mut reply = Message { channel: Some(channel::meta::CONNECT.to_string()), ..Message::default() };
+                        self.refuse_lost(&mut reply, &client_id);
+                        let bytes = codec::encode_array(std::iter::once(self.encode_reply(reply).as_ref()));
+                        let frame = OutFrame { bytes, client_id: None, deliveries: Vec::new(), in_flight: None };
+                        tokio::select! {
+                            _ = socket.tx.send(frame) => {}
+                            _ = stop.cancelled() => {}
+                        }
+                    }
+                    return;
+                }
                 _ = stop.cancelled() => return,
             }
         }

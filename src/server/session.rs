@@ -47,7 +47,17 @@ struct BoundSocket {
 #[derive(Default)]
 struct SessionState {
     socket: Option<BoundSocket>,
-    held_connect: Option<CancellationToken>,
+    /// The connect held right now, by number, and its release token.
+    held_connect: Option<(u64, CancellationToken)>,
+    /// Connects begun so far: numbers the held one.
+    connects: u64,
+    /// The engine lost the client (see [`Session::lose`]).
+    lost: bool,
+    /// Lost with no connect held: its socket's pump (or the next connect) owes it the
+    /// unknown-client reply.
+    reply_owed: bool,
+    /// The held connect whose reply must be the unknown-client error.
+    lost_reply_for: Option<u64>,
 }
 
 /// A client known to this node because it connected here.
@@ -55,6 +65,8 @@ pub(crate) struct Session {
     pub(crate) client_id: Arc<str>,
     pub(crate) wake: Notify,
     pub(crate) closed: CancellationToken,
+    /// Cancelled when the engine lost the client (its data is gone from the store).
+    pub(crate) lost: CancellationToken,
     /// With `bind_client_ip`: the address that handshook this client here.
     pub(crate) owner_ip: OnceLock<IpAddr>,
     state: Mutex<SessionState>,
@@ -71,13 +83,66 @@ impl Session {
         self.state().socket.is_some()
     }
 
-    /// Registers a new held connect, releasing the previous one; returns its release token.
-    pub(crate) fn begin_connect(&self) -> CancellationToken {
+    /// Registers a new held connect, releasing the previous one; returns its number (for
+    /// [`Session::end_connect`]) and its release token.
+    pub(crate) fn begin_connect(&self) -> (u64, CancellationToken) {
         let token = self.closed.child_token();
-        if let Some(old) = self.state().held_connect.replace(token.clone()) {
+        let mut state = self.state();
+        state.connects += 1;
+        let number = state.connects;
+        if state.lost {
+            // Lost before this connect began: answer at once, with the 401 unless the
+            // socket's pump already sent it.
+            if std::mem::take(&mut state.reply_owed) {
+                state.lost_reply_for = Some(number);
+            }
+            token.cancel();
+            return (number, token);
+        }
+        if let Some((_, old)) = state.held_connect.replace((number, token.clone())) {
             old.cancel();
         }
-        token
+        (number, token)
+    }
+
+    /// The held connect `number` is answered; true if the client was lost meanwhile, so its
+    /// reply must be the unknown-client error. Exactly one of this and the socket pump's
+    /// [`Session::take_owed_reply`] answers a lost client.
+    pub(crate) fn end_connect(&self, number: u64) -> bool {
+        let mut state = self.state();
+        if state.held_connect.as_ref().is_some_and(|(n, _)| *n == number) {
+            state.held_connect = None;
+        }
+        if state.lost_reply_for == Some(number) {
+            state.lost_reply_for = None;
+            return true;
+        }
+        false
+    }
+
+    /// The engine no longer knows this client: release its held connect (whose reply becomes
+    /// the unknown-client error) or, with none held, leave that reply to its socket's pump.
+    pub(crate) fn lose(&self) {
+        let held = {
+            let mut state = self.state();
+            if state.lost {
+                return;
+            }
+            state.lost = true;
+            let held = state.held_connect.take();
+            state.reply_owed = held.is_none();
+            state.lost_reply_for = held.as_ref().map(|(n, _)| *n);
+            held
+        };
+        if let Some((_, token)) = held {
+            token.cancel();
+        }
+        self.lost.cancel();
+    }
+
+    /// True once, for the socket pump of a lost client that had no connect held.
+    pub(crate) fn take_owed_reply(&self) -> bool {
+        std::mem::take(&mut self.state().reply_owed)
     }
 
     /// Binds a socket; returns the token that stops its delivery pump, or None if already bound to it.
@@ -100,7 +165,7 @@ impl Session {
             if let Some(old) = state.socket.take() {
                 old.stop.cancel();
             }
-            if let Some(held) = state.held_connect.take() {
+            if let Some((_, held)) = state.held_connect.take() {
                 held.cancel();
             }
         }
@@ -134,6 +199,7 @@ impl Sessions {
                     client_id: Arc::from(client_id),
                     wake: Notify::new(),
                     closed: CancellationToken::new(),
+                    lost: CancellationToken::new(),
                     owner_ip: OnceLock::new(),
                     state: Mutex::new(SessionState::default()),
                 })
@@ -176,6 +242,17 @@ impl EngineObserver for Sessions {
         self.metrics.slow_consumer();
         // Once per client: the engine destroys it right after.
         tracing::warn!(client_id, queued_bytes, "slow consumer: its queue outgrew the limit; disconnecting it");
+    }
+
+    fn held_clients(&self) -> Vec<Arc<str>> {
+        self.map.iter().map(|s| s.key().clone()).collect()
+    }
+
+    fn client_lost(&self, client_id: &str) {
+        if let Some((_, s)) = self.map.remove(client_id) {
+            tracing::debug!(client_id, "client lost by the engine; telling it to handshake again");
+            s.lose();
+        }
     }
 
     fn redrain_all(&self) {

@@ -119,6 +119,8 @@ pub fn serve(
     tracker: TaskTracker,
 ) {
     let mount = settings.mount.trim_end_matches('/').to_string();
+    let mut settings = settings;
+    settings.client_script = resolve_client_script(settings.client_script.take(), &mount);
     let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
     let shared = Arc::new(Shared { server, settings, mount, shutdown: shutdown.clone(), tracker: tracker.clone() });
     tracker.spawn(async move {
@@ -232,6 +234,30 @@ async fn handle(
         }
         _ => bad_request("unrecognized request type"),
     }
+}
+
+/// Where an app migrating from Faye keeps the browser client, relative to its working
+/// directory: served at `<mount>.js` without a flag when the file is there.
+const FAYE_BROWSER_CLIENT: &str = "node_modules/faye/client/faye-browser-min.js";
+
+/// The browser client to serve: `--client-script` if given, else Faye's own from
+/// `node_modules` when present; logs which, or that none is served.
+fn resolve_client_script(configured: Option<PathBuf>, mount: &str) -> Option<PathBuf> {
+    let (path, source) = match configured {
+        Some(path) => (path, "--client-script"),
+        None if std::path::Path::new(FAYE_BROWSER_CLIENT).is_file() => {
+            let path = std::path::absolute(FAYE_BROWSER_CLIENT).unwrap_or_else(|_| PathBuf::from(FAYE_BROWSER_CLIENT));
+            (path, "found in the working directory")
+        }
+        None => {
+            tracing::info!(
+                "no browser client served at {mount}.js: no --client-script, and no {FAYE_BROWSER_CLIENT} in the working directory"
+            );
+            return None;
+        }
+    };
+    tracing::info!(path = %path.display(), source, "serving the browser client at {mount}.js and {mount}/client.js");
+    Some(path)
 }
 
 async fn client_script(shared: &Shared) -> Response<Body> {

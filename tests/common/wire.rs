@@ -94,15 +94,21 @@ impl WsClient {
     pub async fn subscribed(addr: SocketAddr, channel: &str) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/faye")).await.expect("ws connect");
         let mut c = Self { client_id: String::new(), ws, pending: Vec::new() };
-        c.send(json!({"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["websocket"]}))
-            .await;
-        let hs = c.next_reply("/meta/handshake").await;
-        c.client_id = hs["clientId"].as_str().expect("clientId").to_string();
-        c.send(json!({"channel": "/meta/subscribe", "clientId": c.client_id, "subscription": channel})).await;
-        let sub = c.next_reply("/meta/subscribe").await;
-        assert_eq!(sub["successful"], json!(true), "{sub}");
-        c.send(json!({"channel": "/meta/connect", "clientId": c.client_id, "connectionType": "websocket"})).await;
+        c.handshake_and_subscribe(channel).await;
         c
+    }
+
+    /// On the same socket: handshakes (a new client id), subscribes to `channel` and sends a
+    /// connect, as a Faye client does after `reconnect: "handshake"` advice.
+    pub async fn handshake_and_subscribe(&mut self, channel: &str) {
+        self.send(json!({"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["websocket"]}))
+            .await;
+        let hs = self.next_reply("/meta/handshake").await;
+        self.client_id = hs["clientId"].as_str().unwrap_or_else(|| panic!("no clientId in {hs}")).to_string();
+        self.send(json!({"channel": "/meta/subscribe", "clientId": self.client_id, "subscription": channel})).await;
+        let sub = self.next_reply("/meta/subscribe").await;
+        assert_eq!(sub["successful"], json!(true), "{sub}");
+        self.send(json!({"channel": "/meta/connect", "clientId": self.client_id, "connectionType": "websocket"})).await;
     }
 
     /// Opens a websocket to `addr` for a client that handshook elsewhere (a reconnect after
@@ -169,7 +175,9 @@ impl WsClient {
         }
     }
 
-    async fn next_reply(&mut self, channel: &str) -> Value {
+    /// The next reply on `channel` (a message carrying `successful`); deliveries read on the
+    /// way are kept for [`WsClient::next_message`]. Panics if nothing arrives within [`WAIT`].
+    pub async fn next_reply(&mut self, channel: &str) -> Value {
         loop {
             for m in self.read_batch().await {
                 if m["channel"] == json!(channel) && m.get("successful").is_some() {

@@ -2,7 +2,8 @@
 //! clients it holds. When the subscription drops (redis restart, CLIENT KILL, redis
 //! disconnecting a slow subscriber) the listener reconnects with backoff, resubscribes, and
 //! asks the node to re-drain every client it holds: notifications sent during the gap are
-//! gone, the queued messages are not.
+//! gone, the queued messages are not. It also has the node's held clients checked (see
+//! recovery.rs): a redis that restarted empty no longer knows them.
 
 use super::Inner;
 use futures_util::StreamExt;
@@ -17,7 +18,9 @@ const HEALTH_CHECK: Duration = Duration::from_secs(5);
 /// How long a health-check PING may take before the subscription counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Kept short: clients of a restarted redis are told to handshake again only once the
+/// listener is back, so this bounds how long after redis returns delivery resumes.
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// One health-check PING on the subscription's connection, bounded by [`PING_TIMEOUT`].
 async fn health_ping(mut sink: redis::aio::PubSubSink) -> bool {
@@ -54,10 +57,21 @@ pub(super) async fn run(inner: Weak<Inner>, shutdown: CancellationToken) {
                             engine.metrics.redis_reconnect();
                             tracing::info!("redis pub/sub resubscribed; re-draining held clients");
                         }
-                        // Messages may have been queued while nobody listened.
-                        if let Some(o) = engine.observer.get() {
-                            o.redrain_all();
-                        }
+                        // Redis may have lost its data during the gap (on the first connection
+                        // this records its run_id): clients it forgot are answered first, then
+                        // every held client re-drains, since messages may have been queued while
+                        // nobody listened. In that order, so a connect woken by the re-drain
+                        // is already known to be lost.
+                        let verifier = engine.clone();
+                        tokio::spawn(async move {
+                            let changed = verifier.run_id_changed().await;
+                            if changed || lost_once {
+                                verifier.verify_held_clients().await;
+                            }
+                            if let Some(o) = verifier.observer.get() {
+                                o.redrain_all();
+                            }
+                        });
                     }
                     let (sink, mut stream) = pubsub.split();
                     let mut check = tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_CHECK, HEALTH_CHECK);
@@ -88,6 +102,18 @@ pub(super) async fn run(inner: Weak<Inner>, shutdown: CancellationToken) {
                             _ = check.tick(), if ping.is_terminated() => {
                                 if !std::mem::take(&mut heard_since_check) {
                                     ping.set(health_ping(sink.clone()).fuse());
+                                }
+                                // A redis replaced without this subscription noticing (a
+                                // proxy in between, a failover) shows as a new run_id.
+                                if let Some(engine) = inner.upgrade() {
+                                    tokio::spawn(async move {
+                                        if engine.run_id_changed().await {
+                                            engine.verify_held_clients().await;
+                                            if let Some(o) = engine.observer.get() {
+                                                o.redrain_all();
+                                            }
+                                        }
+                                    });
                                 }
                             }
                             alive = &mut ping => {

@@ -5,6 +5,7 @@
 
 mod keys;
 mod listener;
+mod recovery;
 mod scripts;
 
 use super::{ConnectError, Engine, EngineError, EngineObserver, Envelope, SharedEnvelope, SubscribeOutcome};
@@ -57,6 +58,8 @@ pub(crate) struct Inner {
     listening: AtomicBool,
     /// The queue of the drain batcher, started with the first drain.
     drains: OnceLock<mpsc::UnboundedSender<DrainRequest>>,
+    /// The `run_id` of the redis process last seen (see recovery.rs).
+    run_id: std::sync::Mutex<Option<String>>,
 }
 
 /// One client's drain waiting for the next batch.
@@ -238,6 +241,7 @@ impl RedisEngine {
                 healthy: AtomicBool::new(true),
                 listening: AtomicBool::new(false),
                 drains: OnceLock::new(),
+                run_id: std::sync::Mutex::new(None),
             }),
         })
     }
