@@ -5,19 +5,21 @@
 //! redis-server through the shared helper.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+#[path = "common/node_process.rs"]
+mod node_process;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 #[path = "common/wire.rs"]
 mod wire;
 
 use actioncluster::{Config, Node, NodeError, RedisLayout, ServerEvent};
+use node_process::NodeProcess;
 use redis_server::RedisServer;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use wire::{LpClient, WAIT, WsClient, publish};
 
 fn config(redis: &RedisServer, timeout: Duration, gc_interval: Duration) -> Config {
@@ -224,39 +226,10 @@ async fn graceful_shutdown_hands_websocket_sessions_to_the_other_node_losing_not
     }
 }
 
-/// Our binary, run as a separate process so that it can be killed with SIGKILL.
-struct NodeProcess {
-    child: tokio::process::Child,
-    addr: std::net::SocketAddr,
-}
-
-impl NodeProcess {
-    async fn start(redis: &RedisServer) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_actioncluster"))
-            .args(["--host", "127.0.0.1", "--port", "0", "--redis", &redis.url(), "--redis-layout", "native"])
-            .args(["--timeout", "10", "--log", "warn"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the node binary runs");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("listening in time").unwrap().unwrap();
-        let url = line.strip_prefix("actioncluster listening on http://").expect("listening line");
-        let addr = url.trim_end_matches("/faye").parse().expect("address");
-        Self { child, addr }
-    }
-
-    async fn kill(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_clients_move_on_and_lose_only_what_was_published_before_they_came_back() {
     let redis = RedisServer::start().await;
-    let doomed = NodeProcess::start(&redis).await;
+    let mut doomed = NodeProcess::on_redis(&redis.url(), &["--redis-layout", "native", "--timeout", "10"]).await;
     let survivor = node(&redis).await;
     let (a_addr, b_addr) = (doomed.addr, survivor.local_addr());
     let mut clients = Vec::new();
@@ -296,7 +269,8 @@ async fn after_kill_9_clients_move_on_and_lose_only_what_was_published_before_th
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let killed_at = Instant::now();
-    doomed.kill().await;
+    doomed.signal("-KILL");
+    doomed.wait_exit().await;
     let acked = publisher.await.unwrap();
     done.store(true, Ordering::Relaxed);
     for reader in readers {
