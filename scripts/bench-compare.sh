@@ -127,19 +127,24 @@ stop() {
 
 # start_redis NAME: a redis-server of our own on a free port; sets REDIS_URL and REDIS_PID.
 start_redis() {
-  local port
-  for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 20000))
-    [ "$port" = 6379 ] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  local port attempt
+  for attempt in $(seq 1 10); do
+    for _ in $(seq 1 50); do
+      port=$((20000 + RANDOM % 12000)) # below the kernel's ephemeral range (32768-)
+      [ "$port" = 6379 ] && continue
+      if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    done
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/logs/$1.redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 1 100); do
+      if [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ]; then break; fi
+      kill -0 "$REDIS_PID" 2>/dev/null || break # the port was taken after all: another one
+      sleep 0.05
+    done
+    if kill -0 "$REDIS_PID" 2>/dev/null; then break; fi
+    wait "$REDIS_PID" 2>/dev/null || true
   done
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/logs/$1.redis.log" 2>&1 &
-  REDIS_PID=$!
   PIDS+=("$REDIS_PID")
-  for _ in $(seq 1 100); do
-    if [ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ]; then break; fi
-    sleep 0.05
-  done
   local reported
   reported=$(redis-cli -p "$port" INFO server | tr -d '\r' | grep '^process_id:' | cut -d: -f2)
   if [ "$reported" != "$REDIS_PID" ]; then

@@ -22,6 +22,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+/// Batches of one websocket that may wait at once (held connects, publishes on their way to
+/// the engine) before the socket's reading waits for one of them.
+const MAX_WAITING_BATCHES: usize = 64;
+
 /// Frames waiting for one socket's writer; a full queue makes the delivery pump wait.
 const WRITE_QUEUE: usize = 16;
 
@@ -117,6 +121,8 @@ where
     let mut writer = tokio::spawn(write_loop(shared.clone(), sink, rx, close_rx));
     let mut bound: Option<String> = None;
     let mut bound_closed: Option<CancellationToken> = None;
+    // Made on the first batch that waits, so an idle socket does not carry it.
+    let mut waiting_batches: Option<Arc<tokio::sync::Semaphore>> = None;
 
     loop {
         let next = tokio::select! {
@@ -192,11 +198,22 @@ where
             bound_closed = shared.server.client_closed_token(cid);
         }
         if batch.is_waiting() {
+            // Held connects and publishes on their way finish beside the reading, but a peer
+            // may have only so many of them at once: past that, reading waits (backpressure).
+            let pending =
+                waiting_batches.get_or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_BATCHES)));
+            let permit = tokio::select! {
+                biased;
+                p = pending.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = cancelled(&bound_closed) => break,
+                _ = shared.shutdown.cancelled() => break,
+            };
             let server = shared.server.clone();
             let tx = socket.tx.clone();
             tokio::spawn(async move {
                 let bytes = server.finish(batch).await;
                 let _ = tx.send(OutFrame { bytes, client_id: None, deliveries: Vec::new(), in_flight: None }).await;
+                drop(permit);
             });
         } else {
             let bytes = shared.server.finish(batch).await;
