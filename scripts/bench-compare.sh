@@ -18,6 +18,7 @@
 #                      10,000 subscribers, both layouts and node.js faye-redis)
 #   --servers LIST     ours,node (default both)
 #   --out DIR          results directory (default target/bench-compare); results.jsonl is appended to
+#   BENCH_COMMANDS_SUBSCRIBERS="10 1000 10000"  the subscriber counts of the commands scenario
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -290,7 +291,7 @@ if wants commands; then
     echo "| subscribers | ours, native layout | ours, faye layout | node.js faye-redis |"
     echo "| ---: | ---: | ---: | ---: |"
   } > "$COMMANDS_TABLE"
-  for n in 10 1000 10000; do
+  for n in ${BENCH_COMMANDS_SUBSCRIBERS:-10 1000 10000}; do
     native=$(commands_per_publish ours native "$n")
     faye=$(commands_per_publish ours faye "$n")
     node=?
