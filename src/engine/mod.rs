@@ -1,7 +1,7 @@
 //! Engines hold clients, subscriptions and queued messages. The memory engine serves one
 //! node; the redis engine (faye-redis layout) lets nodes share them with node.js Faye; the
-//! native engine (native redis layout) lets our nodes share them with node-side fan-out. Server and transport
-//! talk only to the [`Engine`] trait, so either engine plugs in unchanged.
+//! native engine (native redis layout) lets our nodes share them with node-side fan-out.
+//! Server and transport talk only to the [`Engine`] trait, so any engine plugs in unchanged.
 
 pub mod layout_guard;
 pub(crate) mod local;
