@@ -128,19 +128,7 @@ impl TestNode {
         // Forward the node's events into our own channel so that `events()` behaves the same
         // in both modes.
         let (tx, _) = broadcast::channel(4096);
-        let mut rx = node.events();
-        let fwd = tx.clone();
-        tokio::spawn(async move {
-            loop {
-                match rx.recv().await {
-                    Ok(ev) => {
-                        let _ = fwd.send(ev);
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
+        forward_events(&node, &tx);
         Self { addr, timeout, kind: Kind::Ours(Box::new(node)), events: tx }
     }
 
@@ -159,19 +147,7 @@ impl TestNode {
                 builder = builder.extension(SharedExtension(ext.clone()));
             }
             let node = builder.start().await.expect("native node starts");
-            let mut rx = node.events();
-            let fwd = tx.clone();
-            tokio::spawn(async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(ev) => {
-                            let _ = fwd.send(ev);
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    }
-                }
-            });
+            forward_events(&node, &tx);
             nodes.push(node);
         }
         let balancer = balancer::Balancer::start(nodes.iter().map(|n| n.local_addr()).collect()).await;
@@ -279,6 +255,23 @@ impl TestNode {
 
 struct NoExtension;
 impl Extension for NoExtension {}
+
+/// Forwards `node`'s events into `tx`, so `TestNode::events` behaves the same in every mode.
+fn forward_events(node: &Node, tx: &broadcast::Sender<ServerEvent>) {
+    let mut rx = node.events();
+    let fwd = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let _ = fwd.send(ev);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+}
 
 /// One extension shared by both nodes of a native pair.
 struct SharedExtension<E>(std::sync::Arc<E>);
