@@ -36,6 +36,174 @@ impl std::str::FromStr for RedisLayout {
     }
 }
 
+/// A secret setting (token secret, API key): kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// Who may subscribe to, or publish on, the channels a [`ChannelRule`] matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Permission {
+    /// Every client, with a token or without (today's default).
+    Anyone,
+    /// Clients whose handshake carried a valid token.
+    Token,
+    /// Clients whose token has this claim: equal to the segment the rule's `{name}` captures
+    /// when the pattern has one (private per-user channels), otherwise present and truthy.
+    Claim(String),
+    /// Only the node's own callers: the server publish API and in-process clients.
+    Server,
+    /// No one, the server included.
+    Nobody,
+}
+
+impl std::str::FromStr for Permission {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "anyone" => Ok(Permission::Anyone),
+            "token" => Ok(Permission::Token),
+            "server" => Ok(Permission::Server),
+            "nobody" => Ok(Permission::Nobody),
+            other => match other.strip_prefix("claim:") {
+                Some(name) if is_claim_name(name) => Ok(Permission::Claim(name.to_string())),
+                _ => Err(format!(
+                    "unknown permission {other:?} (expected anyone, token, claim:<name>, server or nobody)"
+                )),
+            },
+        }
+    }
+}
+
+fn is_claim_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// One channel rule of the config file: who may subscribe and who may publish on the channels
+/// its pattern matches. Rules are tried in order and the first match wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRule {
+    /// A channel pattern: `/a/b`, `/a/*`, `/a/**`, with `{name}` for one captured segment.
+    pub channel: String,
+    /// Who may subscribe.
+    pub subscribe: Permission,
+    /// Who may publish.
+    pub publish: Permission,
+}
+
+/// Where a node finds the key that checks handshake tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenKey {
+    /// HS256 with this shared secret.
+    Secret(Secret),
+    /// RS256 or ES256 (P-256) with the public key in this PEM file.
+    PublicKeyFile(PathBuf),
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenKey::Secret(s) => f.debug_tuple("Secret").field(s).finish(),
+            TokenKey::PublicKeyFile(p) => f.debug_tuple("PublicKeyFile").field(p).finish(),
+        }
+    }
+}
+
+/// Access control: all of it off by default, leaving Faye's open behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// Handshakes must carry `ext.auth.token`, a JWT checked with this key.
+    pub token_key: Option<TokenKey>,
+    /// With a token key: a handshake without a token is accepted as anonymous (an invalid
+    /// token is still refused).
+    pub allow_anonymous: bool,
+    /// Channel rules, first match wins; a channel no rule matches is open to anyone.
+    pub rules: Vec<ChannelRule>,
+    /// The app's URL (`http://…`) asked about every handshake, subscribe and publish.
+    pub auth_hook: Option<String>,
+    /// How long the hook may take before the request is denied.
+    pub auth_hook_timeout: Duration,
+    /// How long an allow for one (client, channel, operation) is reused; zero asks every time.
+    pub auth_hook_cache: Duration,
+    /// Bearer key of `POST /server/publish`; `None` turns the API off.
+    pub api_key: Option<Secret>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            token_key: None,
+            allow_anonymous: false,
+            rules: Vec::new(),
+            auth_hook: None,
+            auth_hook_timeout: Duration::from_secs(2),
+            auth_hook_cache: Duration::ZERO,
+            api_key: None,
+        }
+    }
+}
+
+impl AccessConfig {
+    /// True when anything restricts Bayeux clients (tokens, rules or the hook).
+    pub fn restricts_clients(&self) -> bool {
+        self.token_key.is_some() || !self.rules.is_empty() || self.auth_hook.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for rule in &self.rules {
+            validate_rule_pattern(&rule.channel)?;
+            for permission in [&rule.subscribe, &rule.publish] {
+                if matches!(permission, Permission::Token | Permission::Claim(_)) && self.token_key.is_none() {
+                    return Err(ConfigError::RuleNeedsTokens(rule.channel.clone()));
+                }
+            }
+        }
+        if let Some(url) = &self.auth_hook {
+            let rest = url.strip_prefix("http://").unwrap_or("");
+            if rest.is_empty() || rest.starts_with('/') || url.parse::<hyper::Uri>().is_err() {
+                return Err(ConfigError::AuthHookUrl(url.clone()));
+            }
+        }
+        if self.auth_hook_timeout.is_zero() {
+            return Err(ConfigError::LimitZero("auth hook timeout"));
+        }
+        if matches!(&self.token_key, Some(TokenKey::Secret(s)) if s.0.is_empty()) {
+            return Err(ConfigError::SecretEmpty("token secret"));
+        }
+        if matches!(&self.api_key, Some(s) if s.0.is_empty()) {
+            return Err(ConfigError::SecretEmpty("api key"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a rule's channel pattern: absolute, no empty segment, `**` only last, `*` and
+/// `{name}` as whole segments.
+fn validate_rule_pattern(pattern: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::RulePattern(pattern.to_string());
+    let segments: Vec<&str> = pattern.strip_prefix('/').ok_or_else(bad)?.split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let valid = match *segment {
+            "" => false,
+            "**" => i + 1 == segments.len(),
+            "*" => true,
+            s if s.starts_with('{') || s.ends_with('}') => {
+                s.len() > 2 && s.starts_with('{') && s.ends_with('}') && is_claim_name(&s[1..s.len() - 1])
+            }
+            s => !s.contains(['*', '{', '}']),
+        };
+        if !valid {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -121,6 +289,8 @@ pub struct Config {
     /// How often this node checks its chat connections' clients still exist (expired ones
     /// leave their rooms).
     pub connection_sweep_interval: Duration,
+    /// Tokens, channel rules, the auth hook and the server publish API.
+    pub access: AccessConfig,
 }
 
 impl Default for Config {
@@ -162,6 +332,7 @@ impl Default for Config {
             web_message_ttl: None,
             welcome_message: DEFAULT_WELCOME_MESSAGE.to_string(),
             connection_sweep_interval: Duration::from_secs(30),
+            access: AccessConfig::default(),
         }
     }
 }
@@ -208,6 +379,18 @@ pub enum ConfigError {
     /// A peer must ping more often than it is declared dead.
     #[error("dead-after must be longer than the peer ping interval")]
     DeadAfterTooShort,
+    /// A channel rule's pattern is not a channel pattern.
+    #[error("invalid channel rule pattern {0:?} (expected e.g. /a/b, /a/*, /a/** or /users/{{sub}}/**)")]
+    RulePattern(String),
+    /// A rule asks for tokens, and no token key is configured.
+    #[error("the rule for {0} uses token or claim:, which needs --token-secret or --token-public-key")]
+    RuleNeedsTokens(String),
+    /// The auth hook must be a plain `http://host[:port]/path` URL.
+    #[error("invalid --auth-hook URL {0:?} (expected http://host:port/path)")]
+    AuthHookUrl(String),
+    /// A secret may not be empty.
+    #[error("{0} must not be empty")]
+    SecretEmpty(&'static str),
 }
 
 impl Config {
@@ -258,6 +441,7 @@ impl Config {
         if self.handshake_rate > 0.0 && self.handshake_burst == 0 {
             return Err(ConfigError::LimitZero("handshake burst"));
         }
+        self.access.validate()?;
         for origin in self.cors_origins.iter().flatten() {
             let valid = !origin.is_empty() && origin.bytes().all(|b| b.is_ascii_graphic()) && !origin.contains(',');
             if !valid {
@@ -285,5 +469,34 @@ mod tests {
         assert_eq!(bad.validate(), Err(ConfigError::HandshakeRateInvalid));
         let bad = Config { cors_origins: Some(vec!["https://a.example, https://b".into()]), ..Config::default() };
         assert!(matches!(bad.validate(), Err(ConfigError::CorsOriginInvalid(_))));
+    }
+
+    #[test]
+    fn access_settings_are_checked() {
+        let with_rule = |channel: &str, subscribe: Permission| Config {
+            access: AccessConfig {
+                rules: vec![ChannelRule { channel: channel.into(), subscribe, publish: Permission::Anyone }],
+                ..AccessConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(with_rule("/users/{sub}/**", Permission::Server).validate(), Ok(()));
+        for bad in ["users", "/a//b", "/a/**/b", "/a/b*", "/{}/x", "/{a b}"] {
+            assert_eq!(with_rule(bad, Permission::Anyone).validate(), Err(ConfigError::RulePattern(bad.into())));
+        }
+        assert_eq!(
+            with_rule("/a", Permission::Token).validate(),
+            Err(ConfigError::RuleNeedsTokens("/a".into())),
+            "a token rule with no token key can never be met"
+        );
+        let hook = |url: &str| Config {
+            access: AccessConfig { auth_hook: Some(url.into()), ..AccessConfig::default() },
+            ..Config::default()
+        };
+        assert_eq!(hook("http://127.0.0.1:9000/auth").validate(), Ok(()));
+        assert!(matches!(hook("https://x/auth").validate(), Err(ConfigError::AuthHookUrl(_))));
+        assert_eq!("claim:sub".parse(), Ok(Permission::Claim("sub".into())));
+        assert!("claim:".parse::<Permission>().is_err());
+        assert!("everyone".parse::<Permission>().is_err());
     }
 }

@@ -1,7 +1,11 @@
-//! The `actioncluster` binary: flags -> Config -> tracing -> Node until SIGINT/SIGTERM.
+//! The `actioncluster` binary: config file, env and flags -> Config -> tracing -> Node until
+//! SIGINT/SIGTERM.
 
+mod config_file;
+
+use actioncluster::config::{AccessConfig, Secret, TokenKey};
 use actioncluster::{Config, Node};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -114,6 +118,33 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `actioncluster=debug`.
     #[arg(long, env = "ACTIONCLUSTER_LOG", default_value = "info")]
     log: String,
+    /// TOML file holding any of these settings (keys are the flag names, e.g. `port = 9000`)
+    /// and the channel rules (`[[rules]]`); flags and env vars override it.
+    #[arg(long, env = "ACTIONCLUSTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// HS256 secret of handshake tokens: every handshake must carry a valid JWT in
+    /// `ext.auth.token`.
+    #[arg(long, env = "ACTIONCLUSTER_TOKEN_SECRET", hide_env_values = true, conflicts_with = "token_public_key")]
+    token_secret: Option<String>,
+    /// PEM public key of handshake tokens (an RSA key: RS256; an EC P-256 key: ES256).
+    #[arg(long, env = "ACTIONCLUSTER_TOKEN_PUBLIC_KEY")]
+    token_public_key: Option<PathBuf>,
+    /// With tokens: accept a handshake without a token, as an anonymous client.
+    #[arg(long, env = "ACTIONCLUSTER_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
+    /// The app's URL (http://host:port/path) asked about every handshake, subscribe and
+    /// publish; anything but `200 {"allow": true}` denies.
+    #[arg(long, env = "ACTIONCLUSTER_AUTH_HOOK")]
+    auth_hook: Option<String>,
+    /// Seconds the auth hook may take before the request is denied.
+    #[arg(long, env = "ACTIONCLUSTER_AUTH_HOOK_TIMEOUT", default_value_t = 2.0, value_parser = positive_secs)]
+    auth_hook_timeout: f64,
+    /// Seconds an allow of the hook is reused for the same client, channel and operation (0: ask every time).
+    #[arg(long, env = "ACTIONCLUSTER_AUTH_HOOK_CACHE", default_value_t = 0.0, value_parser = non_negative_secs)]
+    auth_hook_cache: f64,
+    /// Bearer key of the server publish API (`POST /server/publish`); without it the API is off.
+    #[arg(long, env = "ACTIONCLUSTER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 fn non_negative_secs(s: &str) -> Result<f64, String> {
@@ -132,7 +163,21 @@ fn positive_secs(s: &str) -> Result<f64, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Args::command().get_matches_from(&argv);
+    let (args, rules) = match matches.get_one::<PathBuf>("config") {
+        Some(path) => match config_file::apply::<Args>(path, &argv, &matches) {
+            Ok(applied) => applied,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => match Args::from_arg_matches(&matches) {
+            Ok(args) => (args, Vec::new()),
+            Err(e) => e.exit(),
+        },
+    };
     let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
         Ok(f) => f,
         Err(e) => {
@@ -176,6 +221,19 @@ async fn main() -> ExitCode {
         task_shutdown_timeout: (args.task_shutdown_timeout > 0.0)
             .then(|| Duration::from_secs_f64(args.task_shutdown_timeout)),
         web_message_ttl: args.web_message_ttl.map(Duration::from_secs_f64),
+        access: AccessConfig {
+            token_key: match (args.token_secret, args.token_public_key) {
+                (Some(secret), _) => Some(TokenKey::Secret(Secret(secret))),
+                (None, Some(path)) => Some(TokenKey::PublicKeyFile(path)),
+                (None, None) => None,
+            },
+            allow_anonymous: args.allow_anonymous,
+            rules,
+            auth_hook: args.auth_hook,
+            auth_hook_timeout: Duration::from_secs_f64(args.auth_hook_timeout),
+            auth_hook_cache: Duration::from_secs_f64(args.auth_hook_cache),
+            api_key: args.api_key.map(Secret),
+        },
         ..Config::default()
     };
     let node = match Node::start(config).await {

@@ -38,6 +38,9 @@ pub enum NodeError {
     /// The cluster layers could not be set up.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The token key (secret or public key file) could not be used.
+    #[error(transparent)]
+    TokenKey(#[from] crate::server::TokenKeyError),
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -168,6 +171,7 @@ impl NodeBuilder {
         let connection_tap: Arc<dyn Extension> = Arc::new(connection_tap);
         let extensions: Vec<Arc<dyn Extension>> =
             [protected, connection_tap].into_iter().chain(self.extensions).collect();
+        let access = crate::server::AccessControl::new(&config.access, metrics.clone())?.map(Arc::new);
         let server = Server::new(
             engine.clone(),
             ServerSettings {
@@ -179,6 +183,7 @@ impl NodeBuilder {
                 reconnect_jitter: config.reconnect_jitter,
                 forbid_wildcard_service: config.forbid_wildcard_service,
                 bind_client_ip: config.bind_client_ip,
+                access,
             },
             extensions,
             shutdown.clone(),
@@ -244,6 +249,7 @@ impl NodeBuilder {
                 client_script: config.client_script.clone(),
                 max_connections: config.max_connections,
                 redis_configured: config.redis_url.is_some(),
+                api_key: config.access.api_key.clone(),
                 status: Some(Arc::new(ClusterStatus(cluster.clone()))),
                 web_chat: Some(Arc::new(WebChatAction(crate::chat::web_clients::WebClients::new(
                     chat.clone(),

@@ -40,6 +40,43 @@ impl Transport {
     }
 }
 
+/// A latency histogram with [`LATENCY_BUCKETS`] (cumulative buckets, a sum and a count).
+#[derive(Debug, Default)]
+struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn record(&self, elapsed: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", load(&self.buckets[i]));
+        }
+        let count = load(&self.count);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", load(&self.micros) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Outcomes of an auth hook call, as labelled in `/metrics`.
+const HOOK_OUTCOMES: [&str; 3] = ["allow", "deny", "error"];
+
 /// Every counter and gauge of one node.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -50,13 +87,16 @@ pub struct Metrics {
     subscriptions: AtomicI64,
     errors: [AtomicU64; ERROR_CODES.len() + 1],
     slow_consumers: AtomicU64,
-    redis_commands: AtomicU64,
     redis_failures: AtomicU64,
-    redis_latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    redis_latency_micros: AtomicU64,
+    redis_latency: LatencyHistogram,
     redis_reconnects: AtomicU64,
     inbox_entries_lost: AtomicU64,
     sessions_moved: AtomicU64,
+    /// Set once access control is configured: its metrics are rendered from then on.
+    access_control: std::sync::atomic::AtomicBool,
+    access_denied: [AtomicU64; 3],
+    auth_hook_calls: [AtomicU64; HOOK_OUTCOMES.len()],
+    auth_hook_latency: LatencyHistogram,
 }
 
 /// Decrements a connection gauge when dropped: hold it for the connection's lifetime.
@@ -123,17 +163,32 @@ impl Metrics {
 
     /// One redis round trip and how long it took.
     pub fn redis_round_trip(&self, elapsed: Duration, ok: bool) {
-        self.redis_commands.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.redis_failures.fetch_add(1, Ordering::Relaxed);
         }
-        let secs = elapsed.as_secs_f64();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.redis_latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.redis_latency_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.redis_latency.record(elapsed);
+    }
+
+    /// Access control is on: render its counters.
+    pub fn access_control_enabled(&self) {
+        self.access_control.store(true, Ordering::Relaxed);
+    }
+
+    /// Access control refused a `handshake`, `subscribe` or `publish`.
+    pub fn access_denied(&self, operation: &str) {
+        let i = match operation {
+            "handshake" => 0,
+            "subscribe" => 1,
+            _ => 2,
+        };
+        self.access_denied[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One auth hook call: its outcome (`allow`, `deny`, `error`) and how long it took.
+    pub fn auth_hook_call(&self, outcome: &str, elapsed: Duration) {
+        let i = HOOK_OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(HOOK_OUTCOMES.len() - 1);
+        self.auth_hook_calls[i].fetch_add(1, Ordering::Relaxed);
+        self.auth_hook_latency.record(elapsed);
     }
 
     /// The redis pub/sub listener reconnected.
@@ -213,7 +268,12 @@ impl Metrics {
         }
         let _ = writeln!(out, "actioncluster_errors_total{{code=\"other\"}} {}", load(&self.errors[ERROR_CODES.len()]));
         if redis_configured {
-            counter(&mut out, "actioncluster_redis_commands_total", "Redis round trips.", load(&self.redis_commands));
+            counter(
+                &mut out,
+                "actioncluster_redis_commands_total",
+                "Redis round trips.",
+                load(&self.redis_latency.count),
+            );
             counter(
                 &mut out,
                 "actioncluster_redis_failures_total",
@@ -238,20 +298,31 @@ impl Metrics {
                 "Native layout: client sessions taken over from another node.",
                 load(&self.sessions_moved),
             );
-            let _ = writeln!(out, "# HELP actioncluster_redis_round_trip_seconds Redis round-trip latency.");
-            let _ = writeln!(out, "# TYPE actioncluster_redis_round_trip_seconds histogram");
-            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            self.redis_latency.render(&mut out, "actioncluster_redis_round_trip_seconds", "Redis round-trip latency.");
+        }
+        if self.access_control.load(Ordering::Relaxed) {
+            let _ = writeln!(
+                out,
+                "# HELP actioncluster_access_denied_total Operations refused by access control (tokens, rules, hook)."
+            );
+            let _ = writeln!(out, "# TYPE actioncluster_access_denied_total counter");
+            for (i, op) in ["handshake", "subscribe", "publish"].iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "actioncluster_redis_round_trip_seconds_bucket{{le=\"{bound}\"}} {}",
-                    load(&self.redis_latency_buckets[i])
+                    "actioncluster_access_denied_total{{operation=\"{op}\"}} {}",
+                    load(&self.access_denied[i])
                 );
             }
-            let count = load(&self.redis_commands);
-            let _ = writeln!(out, "actioncluster_redis_round_trip_seconds_bucket{{le=\"+Inf\"}} {count}");
-            let sum = load(&self.redis_latency_micros) as f64 / 1e6;
-            let _ = writeln!(out, "actioncluster_redis_round_trip_seconds_sum {sum}");
-            let _ = writeln!(out, "actioncluster_redis_round_trip_seconds_count {count}");
+            let _ = writeln!(out, "# HELP actioncluster_auth_hook_calls_total Auth hook calls by outcome.");
+            let _ = writeln!(out, "# TYPE actioncluster_auth_hook_calls_total counter");
+            for (i, outcome) in HOOK_OUTCOMES.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "actioncluster_auth_hook_calls_total{{outcome=\"{outcome}\"}} {}",
+                    load(&self.auth_hook_calls[i])
+                );
+            }
+            self.auth_hook_latency.render(&mut out, "actioncluster_auth_hook_seconds", "Auth hook call latency.");
         }
         out
     }

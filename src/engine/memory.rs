@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 struct Inner {
     clients: LocalClients,
+    /// Access control's credentials by client id; empty unless tokens are configured.
+    credentials: dashmap::DashMap<Arc<str>, (bytes::Bytes, Instant)>,
     observer: OnceLock<Arc<dyn EngineObserver>>,
     expire_after: Duration,
 }
@@ -35,6 +37,7 @@ impl MemoryEngine {
         Self {
             inner: Arc::new(Inner {
                 clients: LocalClients::new(max_queue_bytes),
+                credentials: dashmap::DashMap::new(),
                 observer: OnceLock::new(),
                 expire_after: timeout * 2,
             }),
@@ -48,6 +51,7 @@ impl Inner {
     }
 
     fn destroy(&self, client_id: &str) -> bool {
+        self.credentials.remove(client_id);
         let Some(removed) = self.clients.remove(client_id) else {
             return false;
         };
@@ -102,6 +106,27 @@ impl Engine for MemoryEngine {
 
     async fn destroy_client(&self, client_id: &str) -> Result<bool, EngineError> {
         Ok(self.inner.destroy(client_id))
+    }
+
+    async fn set_credentials(
+        &self,
+        client_id: &str,
+        credentials: Option<bytes::Bytes>,
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        match credentials {
+            Some(c) if self.inner.clients.contains(client_id) => {
+                self.inner.credentials.insert(Arc::from(client_id), (c, Instant::now() + ttl));
+            }
+            _ => {
+                self.inner.credentials.remove(client_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn credentials(&self, client_id: &str) -> Result<Option<bytes::Bytes>, EngineError> {
+        Ok(self.inner.credentials.get(client_id).filter(|e| e.1 > Instant::now()).map(|e| e.0.clone()))
     }
 
     async fn client_exists(&self, client_id: &str) -> Result<bool, EngineError> {

@@ -3,6 +3,7 @@
 //! native engine (native redis layout) lets our nodes share them with node-side fan-out.
 //! Server and transport talk only to the [`Engine`] trait, so any engine plugs in unchanged.
 
+pub(crate) mod credentials;
 pub mod layout_guard;
 pub(crate) mod local;
 pub mod memory;
@@ -208,6 +209,16 @@ pub trait Engine: Send + Sync + 'static {
     }
     /// Puts messages that could not be delivered back at the head of the client's queue.
     async fn requeue(&self, client_id: &str, envelopes: Vec<SharedEnvelope>) -> Result<(), EngineError>;
+    /// Keeps what the client proved at its handshake (access control: its token's claims)
+    /// where every node of the cluster reads it, for at most `ttl`; `None` forgets it.
+    async fn set_credentials(
+        &self,
+        client_id: &str,
+        credentials: Option<Bytes>,
+        ttl: Duration,
+    ) -> Result<(), EngineError>;
+    /// What [`Engine::set_credentials`] kept for the client, if it is still there.
+    async fn credentials(&self, client_id: &str) -> Result<Option<Bytes>, EngineError>;
     /// At shutdown, after the node released its clients: waits (at most `within`) for the
     /// sessions held here to move to other nodes. Engines with nothing to hand over return at once.
     async fn drain(&self, _within: Duration) {}

@@ -114,6 +114,18 @@ impl Server {
             return Ok(Item::Ready(reply));
         }
 
+        if let Some(access) = &self.inner.settings.access
+            && access.expired(&*self.inner.engine, client_id).await.map_err(|e| (message.reply(), e))?
+        {
+            // The session ends; a fresh handshake (with a fresh token) starts a new one.
+            tracing::debug!(client_id, "token expired: session ended");
+            self.inner.engine.destroy_client(client_id).await.map_err(|e| (message.reply(), e))?;
+            let _ = access.forget(&*self.inner.engine, client_id).await;
+            reply.error = Some(super::access::TOKEN_EXPIRED.to_string());
+            reply.client_id = None;
+            reply.advice = Some(crate::protocol::advice::handshake());
+            return Ok(Item::Ready(reply));
+        }
         self.inner.engine.ping(client_id).await.map_err(|e| (message.reply(), e))?;
         // An EventSource connect is a keepalive: its deliveries go through the stream, which
         // claimed the client where it was opened.

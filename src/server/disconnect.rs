@@ -20,6 +20,9 @@ impl Server {
             return Ok(reply);
         }
         self.inner.engine.destroy_client(client_id).await?;
+        if let Some(access) = &self.inner.settings.access {
+            access.forget(&*self.inner.engine, client_id).await?;
+        }
         Ok(reply)
     }
 }

@@ -42,7 +42,21 @@ impl Server {
         if reply.error.is_some() {
             return Ok(reply);
         }
+        let mut claims = None;
+        if let Some(access) = self.inner.settings.access.as_ref().filter(|_| !ctx.local) {
+            match access.handshake(message, ctx).await {
+                Ok(c) => claims = c,
+                Err(denial) => {
+                    reply.error = Some(denial.error);
+                    reply.advice = denial.advice;
+                    return Ok(reply);
+                }
+            }
+        }
         let client_id = self.inner.engine.create_client().await?;
+        if let (Some(access), Some(claims)) = (&self.inner.settings.access, claims) {
+            access.remember(&*self.inner.engine, &client_id, claims).await?;
+        }
         tracing::debug!(client_id = %client_id, "handshake");
         self.inner.metrics.handshake();
         self.inner.sessions.emit(|| ServerEvent::Handshake { client_id: client_id.clone() });

@@ -1,6 +1,7 @@
 //! Transport-agnostic Bayeux processing: a batch of messages in, replies (and delivered
 //! messages) out; the extension pipeline; server events; socket delivery pumps.
 
+pub mod access;
 mod connect;
 mod disconnect;
 pub mod extension;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+pub use access::{AccessControl, TokenKeyError};
 pub use extension::{Extension, RequestContext};
 pub use protected_channels::ProtectedChannels;
 pub(crate) use session::Sessions;
@@ -90,6 +92,8 @@ pub struct ServerSettings {
     pub forbid_wildcard_service: bool,
     /// A client id works only from the IP address that handshook it (on the node that did).
     pub bind_client_ip: bool,
+    /// Tokens, channel rules and the auth hook; `None` leaves every client open (Faye).
+    pub access: Option<Arc<AccessControl>>,
 }
 
 impl Default for ServerSettings {
@@ -104,6 +108,7 @@ impl Default for ServerSettings {
             reconnect_jitter: Duration::ZERO,
             forbid_wildcard_service: false,
             bind_client_ip: false,
+            access: None,
         }
     }
 }

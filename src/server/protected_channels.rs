@@ -89,7 +89,7 @@ struct Credentials<'a> {
 }
 
 /// Compares without an early exit, so response timing does not reveal a token's prefix.
-fn same_token(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_token(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

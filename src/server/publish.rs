@@ -1,12 +1,17 @@
 //! Publishing to a non-meta channel: validate, queue for every matching subscriber (unless an
 //! extension consumes it), ack.
 
+use super::access::{self, Operation};
 use super::{Item, RequestContext, Server, ServerEvent};
 use crate::engine::{EngineError, Envelope, PublishReceipt};
 use crate::protocol::{BayeuxError, Message, channel};
 
 impl Server {
-    pub(super) async fn publish(&self, message: Message, ctx: &RequestContext) -> Result<Item, (Message, EngineError)> {
+    pub(super) async fn publish(
+        &self,
+        mut message: Message,
+        ctx: &RequestContext,
+    ) -> Result<Item, (Message, EngineError)> {
         let mut reply = message.reply();
         let name = message.channel_str();
         if !channel::is_valid_name(name) {
@@ -15,6 +20,21 @@ impl Server {
         if message.data.is_none() {
             reply.error = Some(BayeuxError::parameter_missing("data").to_string());
         }
+        if let Some(access) = &self.inner.settings.access {
+            if reply.error.is_none() {
+                let verdict = access
+                    .check(&*self.inner.engine, Operation::Publish, name, &message, ctx)
+                    .await
+                    .map_err(|e| (reply.clone(), e))?;
+                if let Err(denial) = verdict {
+                    reply.error = Some(denial.error);
+                    reply.advice = denial.advice;
+                }
+            }
+            // Tokens never reach subscribers.
+            access::strip_auth(&mut message);
+        }
+        let name = message.channel_str();
         let mut consumed = false;
         if reply.error.is_none() {
             for extension in &self.inner.extensions {

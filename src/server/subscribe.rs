@@ -1,6 +1,7 @@
 //! `/meta/subscribe` and `/meta/unsubscribe`: one channel or an array, stopping at the
 //! first one refused.
 
+use super::access::Operation;
 use super::{RequestContext, Server};
 use crate::engine::{EngineError, SubscribeOutcome};
 use crate::protocol::{BayeuxError, Message, Subscription, channel};
@@ -46,6 +47,14 @@ impl Server {
                 }
                 if reply.error.is_some() {
                     break;
+                }
+                if subscribing && let Some(access) = &self.inner.settings.access {
+                    let verdict = access.check(&*self.inner.engine, Operation::Subscribe, name, message, ctx).await?;
+                    if let Err(denial) = verdict {
+                        reply.error = Some(denial.error);
+                        reply.advice = denial.advice;
+                        break;
+                    }
                 }
                 if subscribing {
                     let max = self.inner.settings.max_subscriptions;

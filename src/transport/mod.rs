@@ -4,6 +4,7 @@
 pub mod callback_polling;
 pub mod eventsource;
 pub mod long_polling;
+pub mod server_api;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod web_chat;
@@ -50,6 +51,8 @@ pub struct TransportSettings {
     pub max_connections: usize,
     /// True when the node runs on redis (adds redis metrics, and `/healthz` pings it).
     pub redis_configured: bool,
+    /// Bearer key of the server publish API (`POST /server/publish`); `None` turns it off.
+    pub api_key: Option<crate::config::Secret>,
     /// Serve HTTPS/WSS with this acceptor.
     #[cfg(feature = "tls")]
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -203,6 +206,7 @@ async fn handle(
             (&Method::GET, "/metrics") => metrics(&shared),
             (&Method::GET, "/healthz") => healthz(&shared).await,
             (&Method::GET, "/status") => status(&shared).await,
+            (_, server_api::PUBLISH_PATH) => server_api::publish(&shared, req, remote).await,
             (&Method::GET | &Method::POST, p) if web_chat::is_api_path(p) => {
                 web_chat::handle(&shared, req, remote).await
             }

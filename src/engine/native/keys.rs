@@ -30,6 +30,11 @@ impl Keys {
         format!("{}client/{{{client_id}}}/subscriptions", self.root)
     }
 
+    /// Access control: the client's credentials (a string, in the client's slot).
+    pub(crate) fn client_credentials(&self, client_id: &str) -> String {
+        format!("{}client/{{{client_id}}}/credentials", self.root)
+    }
+
     /// Prefix of the interest hashes: `{prefix}{pattern}` maps node id → how many of that
     /// node's clients subscribe to the pattern.
     pub(crate) fn interest_prefix(&self) -> String {

@@ -32,6 +32,11 @@ impl Keys {
         format!("{}/clients/{client_id}/messages", self.ns)
     }
 
+    /// Access control: the client's credentials (our key; faye-redis never reads it).
+    pub(crate) fn client_credentials(&self, client_id: &str) -> String {
+        format!("{}/clients/{client_id}/credentials", self.ns)
+    }
+
     /// Set of clients subscribed to a channel (no slash between: `faye/channels/a/b`).
     pub(crate) fn channel(&self, channel: &str) -> String {
         format!("{}/channels{channel}", self.ns)

@@ -13,6 +13,7 @@ use crate::protocol::client_id;
 use crate::redis_conn::{RedisEndpoint, TimedConnection};
 use crate::telemetry::Metrics;
 use async_trait::async_trait;
+use bytes::Bytes;
 use keys::Keys;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -291,6 +292,21 @@ impl Engine for RedisEngine {
 
     async fn destroy_client(&self, client_id: &str) -> Result<bool, EngineError> {
         self.inner.destroy(client_id).await
+    }
+
+    async fn set_credentials(
+        &self,
+        client_id: &str,
+        credentials: Option<Bytes>,
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        let key = self.inner.keys.client_credentials(client_id);
+        self.inner.check(crate::engine::credentials::store(&mut self.inner.con(), &key, credentials, ttl).await)
+    }
+
+    async fn credentials(&self, client_id: &str) -> Result<Option<Bytes>, EngineError> {
+        let key = self.inner.keys.client_credentials(client_id);
+        self.inner.check(crate::engine::credentials::load(&mut self.inner.con(), &key).await)
     }
 
     async fn client_exists(&self, client_id: &str) -> Result<bool, EngineError> {
