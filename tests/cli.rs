@@ -61,3 +61,77 @@ fn prints_its_endpoint_and_stops_on_sigterm() {
     let status = rx.recv_timeout(Duration::from_secs(10)).expect("stopped on SIGTERM").unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Starts the binary with `args` and `envs`, returns its listening line, and kills it.
+fn listening_line(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let mut child = Command::new(BIN)
+        .args(["--host", "127.0.0.1", "--port", "0", "--log", "warn"])
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    line.trim_end().to_string()
+}
+
+fn config_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("actioncluster-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn config_file_settings_yield_to_env_and_flags() {
+    let file = config_file(
+        "precedence.toml",
+        "mount = '/file'\nhandshake-rate = 20\n[[rules]]\nchannel = '/closed/**'\nsubscribe = 'nobody'\n",
+    );
+    let file = file.to_str().unwrap();
+    let only_file = listening_line(&["--config", file], &[]);
+    assert!(only_file.ends_with("/file"), "{only_file}");
+    let env = listening_line(&["--config", file], &[("ACTIONCLUSTER_MOUNT", "/env")]);
+    assert!(env.ends_with("/env"), "env over file: {env}");
+    let flag = listening_line(&["--config", file, "--mount", "/flag"], &[("ACTIONCLUSTER_MOUNT", "/env")]);
+    assert!(flag.ends_with("/flag"), "flag over env: {flag}");
+    let env_file = listening_line(&[], &[("ACTIONCLUSTER_CONFIG", file)]);
+    assert!(env_file.ends_with("/file"), "the file named by ACTIONCLUSTER_CONFIG: {env_file}");
+}
+
+#[test]
+fn config_file_errors_name_the_key_and_exit_2() {
+    let cases = [
+        ("unknown.toml", "prot = 9000\n", "unknown key `prot`"),
+        ("value.toml", "timeout = 'soon'\n", "key `timeout`"),
+        ("switch.toml", "allow-anonymous = 'yes'\n", "key `allow-anonymous`: expected true or false"),
+        ("rule.toml", "[[rules]]\nchannel = '/a'\npublish = 'admins'\n", "rule 1 (publish)"),
+        ("pattern.toml", "[[rules]]\nchannel = 'a/**'\n", "invalid channel rule pattern"),
+        ("needs.toml", "[[rules]]\nchannel = '/a'\nsubscribe = 'token'\n", "needs --token-secret"),
+        ("syntax.toml", "port = = 1\n", "line 1"),
+        ("hook.toml", "auth-hook = 'ftp://x'\n", "invalid --auth-hook URL"),
+    ];
+    for (name, text, expected) in cases {
+        let file = config_file(name, text);
+        let out = Command::new(BIN).args(["--port", "0", "--config", file.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(expected), "{name}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: one line: {err}");
+    }
+    let out = Command::new(BIN).args(["--config", "/nonexistent/node.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+    let not_a_key = config_file("key.pem", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n");
+    let out = Command::new(BIN)
+        .args(["--host", "127.0.0.1", "--port", "0", "--token-public-key", not_a_key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an RSA or EC"), "{:?}", out.stderr);
+}
