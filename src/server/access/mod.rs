@@ -303,10 +303,9 @@ impl AccessControl {
             .await?
             .and_then(|bytes| serde_json::from_slice::<Map<String, Value>>(&bytes).ok())
             .map(|map| Arc::new(Claims::new(map)));
-        // Only what was found is kept: a client not yet recorded (or gone) is asked again.
-        if claims.is_some() {
-            self.cache(client_id, claims.clone());
-        }
+        // Claims are written before the handshake reply hands the client id out, so an
+        // absence cannot turn into claims later: both answers are kept.
+        self.cache(client_id, claims.clone());
         Ok(claims)
     }
 
