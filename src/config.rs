@@ -291,6 +291,9 @@ pub struct Config {
     pub connection_sweep_interval: Duration,
     /// Tokens, channel rules, the auth hook and the server publish API.
     pub access: AccessConfig,
+    /// Password of the operator's dashboard at `/dashboard` (HTTP Basic, any user name);
+    /// `None` turns the dashboard off.
+    pub dashboard_password: Option<Secret>,
 }
 
 impl Default for Config {
@@ -333,6 +336,7 @@ impl Default for Config {
             welcome_message: DEFAULT_WELCOME_MESSAGE.to_string(),
             connection_sweep_interval: Duration::from_secs(30),
             access: AccessConfig::default(),
+            dashboard_password: None,
         }
     }
 }
@@ -442,6 +446,9 @@ impl Config {
             return Err(ConfigError::LimitZero("handshake burst"));
         }
         self.access.validate()?;
+        if matches!(&self.dashboard_password, Some(p) if p.0.is_empty()) {
+            return Err(ConfigError::SecretEmpty("dashboard password"));
+        }
         for origin in self.cors_origins.iter().flatten() {
             let valid = !origin.is_empty() && origin.bytes().all(|b| b.is_ascii_graphic()) && !origin.contains(',');
             if !valid {

@@ -19,6 +19,7 @@ mod clock;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+mod dashboard;
 pub mod engine;
 pub mod node;
 mod periodic;

@@ -145,6 +145,10 @@ struct Args {
     /// Bearer key of the server publish API (`POST /server/publish`); without it the API is off.
     #[arg(long, env = "ACTIONCLUSTER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Password of the operator's dashboard at /dashboard (HTTP Basic auth, any user name);
+    /// without it the dashboard is off.
+    #[arg(long, env = "ACTIONCLUSTER_DASHBOARD_PASSWORD", hide_env_values = true)]
+    dashboard_password: Option<String>,
 }
 
 fn non_negative_secs(s: &str) -> Result<f64, String> {
@@ -234,6 +238,7 @@ async fn main() -> ExitCode {
             auth_hook_cache: Duration::from_secs_f64(args.auth_hook_cache),
             api_key: args.api_key.map(Secret),
         },
+        dashboard_password: args.dashboard_password.map(Secret),
         ..Config::default()
     };
     let node = match Node::start(config).await {

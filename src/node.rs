@@ -237,6 +237,17 @@ impl NodeBuilder {
             connection_work,
             shutdown.clone(),
         );
+        let layout = match (&config.redis_url, config.redis_layout) {
+            (None, _) => "memory",
+            (Some(_), RedisLayout::Faye) => "faye",
+            (Some(_), RedisLayout::Native) => "native",
+        };
+        // Nodes with a dashboard share their samples, so each one's page shows all of them.
+        let dashboard = config.dashboard_password.clone().map(|password| {
+            let data =
+                crate::dashboard::DashboardData::start(server.clone(), cluster.clone(), layout, shutdown.clone());
+            Arc::new(transport::Dashboard::new(password, data))
+        });
         transport::serve(
             listener,
             server.clone(),
@@ -250,6 +261,7 @@ impl NodeBuilder {
                 max_connections: config.max_connections,
                 redis_configured: config.redis_url.is_some(),
                 api_key: config.access.api_key.clone(),
+                dashboard,
                 status: Some(Arc::new(ClusterStatus(cluster.clone()))),
                 web_chat: Some(Arc::new(WebChatAction(crate::chat::web_clients::WebClients::new(
                     chat.clone(),

@@ -97,6 +97,88 @@ pub struct Metrics {
     access_denied: [AtomicU64; 3],
     auth_hook_calls: [AtomicU64; HOOK_OUTCOMES.len()],
     auth_hook_latency: LatencyHistogram,
+    /// Per-channel activity on this node, kept only once the dashboard asks for it.
+    channels: std::sync::OnceLock<ChannelActivity>,
+}
+
+/// Channels tracked at most; past it new channels are not counted (the busiest are known).
+const MAX_TRACKED_CHANNELS: usize = 100_000;
+
+/// Subscribers and publishes by channel on this node (the dashboard's "busiest channels").
+#[derive(Debug, Default)]
+pub struct ChannelActivity {
+    channels: dashmap::DashMap<Box<str>, ChannelCounters>,
+}
+
+/// One channel's counters.
+#[derive(Debug, Default)]
+struct ChannelCounters {
+    subscribers: AtomicI64,
+    published: AtomicU64,
+}
+
+/// A channel's counters as read by [`ChannelActivity::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelReading {
+    /// The channel or pattern.
+    pub channel: String,
+    /// Subscriptions to it held through this node.
+    pub subscribers: u64,
+    /// Messages published on it through this node so far.
+    pub published: u64,
+}
+
+impl ChannelActivity {
+    fn add(&self, channel: &str, subscribers: i64, published: u64) {
+        if let Some(c) = self.channels.get(channel) {
+            c.subscribers.fetch_add(subscribers, Ordering::Relaxed);
+            c.published.fetch_add(published, Ordering::Relaxed);
+            return;
+        }
+        if self.channels.len() >= MAX_TRACKED_CHANNELS {
+            return;
+        }
+        let c = self.channels.entry(channel.into()).or_default();
+        c.subscribers.fetch_add(subscribers, Ordering::Relaxed);
+        c.published.fetch_add(published, Ordering::Relaxed);
+    }
+
+    /// Every tracked channel's counters.
+    pub fn read(&self) -> Vec<ChannelReading> {
+        self.channels
+            .iter()
+            .map(|e| ChannelReading {
+                channel: e.key().to_string(),
+                subscribers: e.subscribers.load(Ordering::Relaxed).max(0) as u64,
+                published: e.published.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Forgets channels with no subscriber whose publish count is in `idle` (unchanged since
+    /// the caller's last look), so short-lived channels do not pile up.
+    pub fn prune(&self, idle: impl Fn(&str, u64) -> bool) {
+        self.channels.retain(|name, c| {
+            c.subscribers.load(Ordering::Relaxed) > 0 || !idle(name, c.published.load(Ordering::Relaxed))
+        });
+    }
+}
+
+/// The node's counters at one instant (for the dashboard's samples).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Open connections by transport label (`websocket`, `eventsource`, ...).
+    pub connections: Vec<(&'static str, u64)>,
+    /// Subscriptions made through this node and still active.
+    pub subscriptions: u64,
+    /// Messages accepted for publishing so far.
+    pub published: u64,
+    /// Messages written out to clients so far.
+    pub delivered: u64,
+    /// Redis round trips that failed so far.
+    pub redis_failures: u64,
+    /// Reconnections of the redis listener so far.
+    pub redis_reconnects: u64,
 }
 
 /// Decrements a connection gauge when dropped: hold it for the connection's lifetime.
@@ -139,14 +221,46 @@ impl Metrics {
         self.published.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A message accepted for publishing on `channel`.
+    pub fn published_on(&self, channel: &str) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(activity) = self.channels.get() {
+            activity.add(channel, 0, 1);
+        }
+    }
+
+    /// Starts counting activity by channel (the dashboard); returns the counters.
+    pub fn track_channels(&self) -> &ChannelActivity {
+        self.channels.get_or_init(ChannelActivity::default)
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            connections: Transport::ALL
+                .iter()
+                .map(|t| (t.label(), self.connections[*t as usize].load(Ordering::Relaxed).max(0) as u64))
+                .collect(),
+            subscriptions: self.subscriptions.load(Ordering::Relaxed).max(0) as u64,
+            published: load(&self.published),
+            delivered: load(&self.delivered),
+            redis_failures: load(&self.redis_failures),
+            redis_reconnects: load(&self.redis_reconnects),
+        }
+    }
+
     /// `n` messages written out to clients.
     pub fn delivered(&self, n: usize) {
         self.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// A subscription added (`+1`) or removed (`-1`) through this node.
-    pub fn subscriptions(&self, delta: i64) {
+    pub fn subscriptions(&self, channel: &str, delta: i64) {
         self.subscriptions.fetch_add(delta, Ordering::Relaxed);
+        if let Some(activity) = self.channels.get() {
+            activity.add(channel, delta, 0);
+        }
     }
 
     /// A reply carrying an error in `code:params:message` form.

@@ -69,7 +69,7 @@ impl Server {
 
     /// Counts a stored publish and tells the listeners.
     fn published(&self, message: &Message) {
-        self.inner.metrics.published();
+        self.inner.metrics.published_on(message.channel_str());
         self.inner.sessions.emit(|| ServerEvent::Publish {
             client_id: message.client_id.clone(),
             channel: message.channel_str().to_string(),

@@ -262,12 +262,12 @@ impl EngineObserver for Sessions {
     }
 
     fn subscribed(&self, client_id: &str, channel: &str) {
-        self.metrics.subscriptions(1);
+        self.metrics.subscriptions(channel, 1);
         self.emit(|| ServerEvent::Subscribe { client_id: client_id.to_string(), channel: channel.to_string() });
     }
 
     fn unsubscribed(&self, client_id: &str, channel: &str) {
-        self.metrics.subscriptions(-1);
+        self.metrics.subscriptions(channel, -1);
         self.emit(|| ServerEvent::Unsubscribe { client_id: client_id.to_string(), channel: channel.to_string() });
     }
 }

@@ -2,6 +2,7 @@
 //! dispatch to Faye's connection types, graceful shutdown.
 
 pub mod callback_polling;
+pub mod dashboard;
 pub mod eventsource;
 pub mod long_polling;
 pub mod server_api;
@@ -13,6 +14,7 @@ pub mod websocket;
 use crate::server::Server;
 use crate::telemetry::Transport;
 use bytes::Bytes;
+pub use dashboard::{Dashboard, DashboardSource};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -60,6 +62,8 @@ pub struct TransportSettings {
     pub status: Option<Arc<dyn StatusSource>>,
     /// The chat action of web clients at `/api/chat`; `None` answers 404.
     pub web_chat: Option<Arc<dyn WebChatService>>,
+    /// The operator's dashboard at `/dashboard`; `None` answers 404.
+    pub dashboard: Option<Arc<Dashboard>>,
 }
 
 /// The read-only operator view behind `GET /status`, supplied by the node (the transport
@@ -207,6 +211,7 @@ async fn handle(
             (&Method::GET, "/healthz") => healthz(&shared).await,
             (&Method::GET, "/status") => status(&shared).await,
             (_, server_api::PUBLISH_PATH) => server_api::publish(&shared, req, remote).await,
+            (_, p) if dashboard::is_dashboard_path(p) => dashboard::handle(&shared, req, remote).await,
             (&Method::GET | &Method::POST, p) if web_chat::is_api_path(p) => {
                 web_chat::handle(&shared, req, remote).await
             }
