@@ -10,6 +10,8 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The dashboard's browser test drives Debian's headless Chromium.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   apt-get update
@@ -23,8 +25,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings (with the tls feature, so its code is linted too)"
 cargo clippy --all-targets --features tls -- -D warnings
-echo "== cargo build --release"
-cargo build --release
+echo "== cargo build --release (and the dashboard demo node the browser test drives)"
+cargo build --release --bin actioncluster --example dashboard_demo
 echo "== cargo test"
 cargo test
 echo "== TLS (HTTPS/WSS) with --features tls"

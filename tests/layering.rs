@@ -18,6 +18,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("chat", &["transport", "engine", "node", "commands"]),
     // cluster commands: node-level like chat (they target chat connections).
     ("commands", &["transport", "engine", "node"]),
+    ("dashboard", &["engine", "client", "chat", "commands", "node"]),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -3,6 +3,7 @@
 // the Basic credentials it was given for the page with every request.
 (function () {
   const POLL_MS = 2000;
+  let lastFailed = null;
   const $ = (id) => document.getElementById(id);
   const fmt = (n) => (n === null || n === undefined ? '–' : Number(n).toLocaleString('en-US', { maximumFractionDigits: 1 }));
 
@@ -105,7 +106,7 @@
     });
     actions.append(retry, ' ', remove);
     const when = entry.failedAt ? new Date(entry.failedAt).toLocaleTimeString() : '–';
-    return row([entry.task || '(unreadable)', entry.reason, { text: entry.error || '', cls: 'wrap' }, entry.node, when, actions]);
+    return row([actions, entry.task || '(unreadable)', entry.reason, { text: entry.error || '', cls: 'wrap' }, entry.node, when]);
   }
 
   async function act(path, raw) {
@@ -160,7 +161,12 @@
       if (!entries.length) workers.appendChild(el('li', 'none running', 'empty'));
       for (const [w, status] of entries) workers.appendChild(el('li', `${w}: ${status}`));
       $('failed-count').textContent = `(${q.failed})`;
-      fill('failed', t.failed.map(failedRow), 6);
+      // Rebuilt only when it changed, so a button is not replaced under the pointer.
+      const key = JSON.stringify(t.failed.map((f) => f.raw));
+      if (key !== lastFailed) {
+        lastFailed = key;
+        fill('failed', t.failed.map(failedRow), 6);
+      }
     }
 
     $('room-count').textContent = `(${d.rooms.total})`;
