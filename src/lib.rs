@@ -11,6 +11,9 @@
 //! beside `node`: `chat` (rooms' delivery over `/actionHero/chat`, and Faye clients' chat
 //! verbs on their connection channels) and `commands` (cluster commands over
 //! `/actionHero/cluster`, which may target a chat connection).
+//!
+//! `ARCHITECTURE.md` in the repository has the message's and the task's paths, the code map
+//! and the invariants.
 #![forbid(unsafe_code)]
 
 pub mod chat;
