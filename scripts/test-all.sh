@@ -23,12 +23,17 @@ echo "== npm ci (compat-tests: npm faye for the compat suites and the Rust clien
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy -D warnings (with the tls feature, so its code is linted too)"
-cargo clippy --all-targets --features tls -- -D warnings
+echo "== cargo clippy -D warnings (every crate; the tls feature too, so its code is linted)"
+cargo clippy --workspace --all-targets --features tls -- -D warnings
+cargo clippy -p actioncluster-client --no-default-features --all-targets -- -D warnings
+echo "== cargo doc with warnings denied"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+echo "== cargo package (dry run of each crate, in dependency order)"
+cargo package --workspace --no-verify --allow-dirty
 echo "== cargo build --release (and the dashboard demo node the browser test drives)"
 cargo build --release --bin actioncluster --example dashboard_demo
-echo "== cargo test"
-cargo test
+echo "== cargo test (every crate: unit, integration and doc tests)"
+cargo test --workspace
 echo "== TLS (HTTPS/WSS) with --features tls"
 cargo test --features tls --test tls
 echo "== spec tests against the node.js Faye server (proves the expectations are Faye's)"

@@ -17,7 +17,8 @@
 #![forbid(unsafe_code)]
 
 pub mod chat;
-pub mod client;
+/// The Rust client (the `actioncluster-client` crate), re-exported so existing code keeps compiling.
+pub use actioncluster_client as client;
 mod clock;
 pub mod cluster;
 pub mod commands;
@@ -26,7 +27,8 @@ mod dashboard;
 pub mod engine;
 pub mod node;
 mod periodic;
-pub mod protocol;
+/// The Bayeux wire model (the `actioncluster-protocol` crate).
+pub use actioncluster_protocol as protocol;
 pub mod redis_conn;
 pub mod server;
 pub mod telemetry;

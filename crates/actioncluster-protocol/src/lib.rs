@@ -1,5 +1,8 @@
-//! The Bayeux wire model: messages, channels, errors, advice, ids and the codec.
-//! Pure: no tokio, no I/O, no clocks.
+//! The Bayeux wire model shared by the actioncluster broker and its Rust client: messages,
+//! channel names and patterns, Bayeux errors and advice, client ids and the JSON codec, exactly
+//! as Faye speaks them. Pure: no tokio, no I/O, no clocks, so it is tested in microseconds.
+//!
+//! The repository's `ARCHITECTURE.md` shows where this crate sits.
 
 pub mod advice;
 pub mod channel;

@@ -461,6 +461,7 @@ impl Driver {
     fn send_handshake(&mut self) {
         let id = self.new_id();
         let types = match self.options.preference {
+            #[cfg(feature = "in-process")]
             _ if matches!(self.target, Target::Local(_)) => vec!["in-process".to_string()],
             TransportPreference::Auto => vec!["websocket".to_string(), "long-polling".to_string()],
             TransportPreference::WebSocket => vec!["websocket".to_string()],

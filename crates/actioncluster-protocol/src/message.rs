@@ -135,7 +135,7 @@ enum ErrorSlot {
 impl Message {
     /// A reply (it has `successful`) written in Faye's key order; see [`ErrorSlot`].
     fn serialize_reply<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let handshake = self.channel.as_deref() == Some(crate::protocol::channel::meta::HANDSHAKE);
+        let handshake = self.channel.as_deref() == Some(crate::channel::meta::HANDSHAKE);
         let slot = if self.error_from_request {
             ErrorSlot::BeforeSuccessful
         } else if handshake {

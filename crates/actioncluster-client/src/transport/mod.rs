@@ -1,6 +1,7 @@
 //! The client's transports: each carries batches of Bayeux messages to the server and hands
 //! every received message (replies and deliveries alike) to the driver as events.
 
+#[cfg(feature = "in-process")]
 mod in_process;
 mod long_polling;
 mod websocket;
@@ -14,9 +15,12 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
+#[cfg(feature = "in-process")]
 pub(crate) use in_process::InProcess;
+#[cfg(feature = "in-process")]
 pub use in_process::InProcessServer;
 pub(crate) use long_polling::LongPolling;
+#[cfg(feature = "in-process")]
 use std::sync::Arc;
 pub(crate) use websocket::WebSocket;
 
@@ -95,6 +99,7 @@ impl Endpoint {
 #[derive(Clone)]
 pub(crate) enum Target {
     Remote(Endpoint),
+    #[cfg(feature = "in-process")]
     Local(Arc<dyn InProcessServer>),
 }
 
@@ -102,6 +107,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Remote(endpoint) => write!(f, "{}", endpoint.ws_url),
+            #[cfg(feature = "in-process")]
             Target::Local(_) => f.write_str("in-process"),
         }
     }
@@ -142,6 +148,7 @@ pub(crate) struct Limits {
 pub(crate) enum Transport {
     WebSocket(WebSocket),
     LongPolling(LongPolling),
+    #[cfg(feature = "in-process")]
     InProcess(InProcess),
 }
 
@@ -150,6 +157,7 @@ impl Transport {
         match self {
             Transport::WebSocket(_) => ConnectionType::WebSocket,
             Transport::LongPolling(_) => ConnectionType::LongPolling,
+            #[cfg(feature = "in-process")]
             Transport::InProcess(_) => ConnectionType::InProcess,
         }
     }
@@ -166,6 +174,7 @@ impl Transport {
         match self {
             Transport::WebSocket(ws) => ws.send(body),
             Transport::LongPolling(lp) => lp.send(body, reply_timeout, batch),
+            #[cfg(feature = "in-process")]
             Transport::InProcess(local) => local.send(body, reply_timeout, batch),
         }
     }
@@ -179,8 +188,10 @@ pub(crate) async fn open(
     generation: u64,
     events: Events,
 ) {
+    #[cfg_attr(not(feature = "in-process"), allow(clippy::infallible_destructuring_match))]
     let endpoint = match target {
         Target::Remote(endpoint) => endpoint,
+        #[cfg(feature = "in-process")]
         Target::Local(server) => {
             let local = InProcess::new(server, limits.max_message_bytes, generation, events.clone());
             let _ = events.send(Event { generation, kind: EventKind::Opened(Transport::InProcess(local)) });

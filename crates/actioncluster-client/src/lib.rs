@@ -10,11 +10,11 @@
 //! acknowledgement or an error, never silence.
 //!
 //! ```no_run
-//! use actioncluster::Client;
+//! use actioncluster_client::Client;
 //! use futures_util::StreamExt;
 //! use serde_json::json;
 //!
-//! # async fn run() -> Result<(), actioncluster::ClientError> {
+//! # async fn run() -> Result<(), actioncluster_client::ClientError> {
 //! let client = Client::connect("http://127.0.0.1:8000/faye").await?;
 //! let mut chat = client.subscribe("/chat/**").await?;
 //! client.publish("/chat/lobby", json!({ "text": "hello" })).await?;
@@ -25,12 +25,18 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Only `crate::protocol` is shared with the server (see the layering test).
+//! Only the wire model, [`actioncluster_protocol`] (re-exported as [`protocol`]), is shared
+//! with the server. The `in-process` feature (on by default) adds the transport a node uses to
+//! give Rust code on it a client without a socket. The repository's `ARCHITECTURE.md` shows
+//! where this crate sits.
 
 mod driver;
 mod transport;
 
-use crate::protocol::{BayeuxError, Message};
+/// The Bayeux wire model this client speaks.
+pub use actioncluster_protocol as protocol;
+pub use actioncluster_protocol::{BayeuxError, Message};
+
 use driver::{Command, Driver, Options};
 use futures_util::Stream;
 use serde::Serialize;
@@ -45,7 +51,9 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use transport::{InProcessServer, TransportError};
+#[cfg(feature = "in-process")]
+pub use transport::InProcessServer;
+pub use transport::TransportError;
 
 /// Which transport the client uses to reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -192,6 +200,7 @@ pub struct ClientBuilder {
 #[derive(Clone)]
 enum Target {
     Url(String),
+    #[cfg(feature = "in-process")]
     InProcess(Arc<dyn InProcessServer>),
 }
 
@@ -199,6 +208,7 @@ impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let target = match &self.target {
             Target::Url(url) => url.as_str(),
+            #[cfg(feature = "in-process")]
             Target::InProcess(_) => "in-process",
         };
         f.debug_struct("ClientBuilder").field("target", &target).finish_non_exhaustive()
@@ -266,6 +276,7 @@ impl ClientBuilder {
     pub async fn build(self) -> Result<Client, ClientError> {
         let (target, name) = match self.target {
             Target::Url(url) => (transport::Target::Remote(transport::Endpoint::parse(&url)?), url),
+            #[cfg(feature = "in-process")]
             Target::InProcess(server) => (transport::Target::Local(server), "in-process".to_string()),
         };
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
@@ -312,8 +323,8 @@ impl Client {
     /// Connects with default options.
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), actioncluster::ClientError> {
-    /// let client = actioncluster::Client::connect("http://127.0.0.1:8000/faye").await?;
+    /// # async fn run() -> Result<(), actioncluster_client::ClientError> {
+    /// let client = actioncluster_client::Client::connect("http://127.0.0.1:8000/faye").await?;
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: impl Into<String>) -> Result<Client, ClientError> {
@@ -323,9 +334,9 @@ impl Client {
     /// A builder for options: transport, timeouts, extensions, backoff.
     ///
     /// ```no_run
-    /// use actioncluster::{Client, TransportPreference};
+    /// use actioncluster_client::{Client, TransportPreference};
     /// use std::time::Duration;
-    /// # async fn run() -> Result<(), actioncluster::ClientError> {
+    /// # async fn run() -> Result<(), actioncluster_client::ClientError> {
     /// let client = Client::builder("http://127.0.0.1:8000/faye")
     ///     .transport(TransportPreference::LongPolling)
     ///     .request_timeout(Duration::from_secs(5))
@@ -342,7 +353,7 @@ impl Client {
     /// The transport preference does not apply.
     ///
     /// ```no_run
-    /// use actioncluster::{Client, InProcessServer, Message};
+    /// use actioncluster_client::{Client, InProcessServer, Message};
     /// use std::sync::Arc;
     ///
     /// struct Local; // e.g. a wrapper around the node's server
@@ -353,10 +364,11 @@ impl Client {
     ///     }
     /// }
     ///
-    /// # async fn run() -> Result<(), actioncluster::ClientError> {
+    /// # async fn run() -> Result<(), actioncluster_client::ClientError> {
     /// let client = Client::in_process(Arc::new(Local)).build().await?;
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "in-process")]
     pub fn in_process(server: Arc<dyn InProcessServer>) -> ClientBuilder {
         ClientBuilder { target: Target::InProcess(server), options: Options::default() }
     }
@@ -366,7 +378,7 @@ impl Client {
     /// down the publish waits (up to the request timeout) and is sent after reconnecting.
     ///
     /// ```no_run
-    /// # async fn run(client: actioncluster::Client) -> Result<(), actioncluster::ClientError> {
+    /// # async fn run(client: actioncluster_client::Client) -> Result<(), actioncluster_client::ClientError> {
     /// client.publish("/chat/lobby", serde_json::json!({ "text": "hi" })).await?;
     /// # Ok(()) }
     /// ```
@@ -382,7 +394,7 @@ impl Client {
     ///
     /// ```no_run
     /// use futures_util::StreamExt;
-    /// # async fn run(client: actioncluster::Client) -> Result<(), actioncluster::ClientError> {
+    /// # async fn run(client: actioncluster_client::Client) -> Result<(), actioncluster_client::ClientError> {
     /// let mut sub = client.subscribe("/chat/**").await?;
     /// while let Some(message) = sub.next().await {
     ///     println!("{} {}", message.channel, message.json());
@@ -403,7 +415,7 @@ impl Client {
     /// returned handle unsubscribes.
     ///
     /// ```no_run
-    /// # async fn run(client: actioncluster::Client) -> Result<(), actioncluster::ClientError> {
+    /// # async fn run(client: actioncluster_client::Client) -> Result<(), actioncluster_client::ClientError> {
     /// let _sub = client.subscribe_with("/news", |m| println!("{}", m.json())).await?;
     /// # Ok(()) }
     /// ```
@@ -430,7 +442,7 @@ impl Client {
     /// unacknowledged then fail with [`ClientError::Disconnected`]; subscriptions end.
     ///
     /// ```no_run
-    /// # async fn run(client: actioncluster::Client) -> Result<(), actioncluster::ClientError> {
+    /// # async fn run(client: actioncluster_client::Client) -> Result<(), actioncluster_client::ClientError> {
     /// client.disconnect().await?;
     /// # Ok(()) }
     /// ```
@@ -448,7 +460,7 @@ impl Client {
     /// The current session state.
     ///
     /// ```no_run
-    /// # fn run(client: actioncluster::Client) {
+    /// # fn run(client: actioncluster_client::Client) {
     /// println!("{:?}", client.state());
     /// # }
     /// ```
@@ -459,7 +471,7 @@ impl Client {
     /// The client id of the current session, if handshaken.
     ///
     /// ```no_run
-    /// # fn run(client: actioncluster::Client) {
+    /// # fn run(client: actioncluster_client::Client) {
     /// if let Some(id) = client.client_id() { println!("connected as {id}"); }
     /// # }
     /// ```
@@ -473,7 +485,7 @@ impl Client {
     /// A watcher that sees every later state change (reconnects, re-handshakes, close).
     ///
     /// ```no_run
-    /// # async fn run(client: actioncluster::Client) {
+    /// # async fn run(client: actioncluster_client::Client) {
     /// let mut watcher = client.watch_state();
     /// while let Some(state) = watcher.changed().await {
     ///     println!("{state:?}");
@@ -540,7 +552,7 @@ impl Subscription {
     /// does the same without waiting).
     ///
     /// ```no_run
-    /// # async fn run(client: actioncluster::Client) -> Result<(), actioncluster::ClientError> {
+    /// # async fn run(client: actioncluster_client::Client) -> Result<(), actioncluster_client::ClientError> {
     /// let sub = client.subscribe("/news").await?;
     /// sub.unsubscribe().await?;
     /// # Ok(()) }
