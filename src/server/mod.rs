@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use extension::{Extension, RequestContext};
 pub use protected_channels::ProtectedChannels;
 pub(crate) use session::Sessions;
-pub use session::{InFlight, OutFrame, SocketHandle};
+pub use session::{FeedEvent, OutFrame, SocketFeed, SocketHandle};
 
 /// How long a connect that failed on the engine (redis away) waits before its error reply,
 /// so clients retry at that pace rather than in a tight loop.
@@ -447,12 +447,14 @@ impl Server {
     }
 
     fn bind(&self, client_id: &str, socket: &SocketHandle) {
-        let session = self.inner.sessions.get_or_create(client_id);
-        if let Some(stop) = session.bind_socket(socket) {
-            let server = self.clone();
-            let socket = socket.clone();
-            tokio::spawn(async move { server.pump(session, socket, stop).await });
-        }
+        self.inner.sessions.get_or_create(client_id).bind_socket(socket);
+    }
+
+    /// The feed of deliveries to the socket `socket_id`, if it is bound to `client_id`.
+    /// The socket waits on it and takes a frame with [`Server::take_frame`] whenever it is
+    /// ready to write the next one.
+    pub fn socket_feed(&self, client_id: &str, socket_id: u64) -> Option<SocketFeed> {
+        self.inner.sessions.get(client_id)?.feed(socket_id)
     }
 
     /// A token cancelled when the client is destroyed, if it has a session on this node.
@@ -467,61 +469,31 @@ impl Server {
         }
     }
 
-    /// Pushes a bound client's queued messages to its socket until the binding ends.
-    async fn pump(&self, session: Arc<session::Session>, socket: SocketHandle, stop: CancellationToken) {
-        let engine = &self.inner.engine;
-        let client_id = session.client_id.clone();
-        let one_in_flight = Arc::new(tokio::sync::Semaphore::new(1));
-        loop {
-            // Wait until the previous frame is written and there is room for the next, so
-            // messages are only taken from the queue once the socket keeps up with them.
-            let in_flight = tokio::select! {
-                p = one_in_flight.clone().acquire_owned() => match p { Ok(p) => InFlight(p), Err(_) => return },
-                _ = stop.cancelled() => return,
-            };
-            let permit = tokio::select! {
-                p = socket.tx.reserve() => match p { Ok(p) => p, Err(_) => return },
-                _ = stop.cancelled() => return,
-            };
-            match engine.take_queued(&client_id).await {
-                Ok(delivered) if !delivered.is_empty() => {
-                    permit.send(OutFrame {
-                        bytes: self.encode_delivery_frame(&delivered, &client_id),
-                        client_id: Some(client_id.clone()),
-                        deliveries: delivered,
-                        in_flight: Some(in_flight),
-                    });
-                }
-                Ok(_) => drop(permit),
-                Err(e) => {
-                    drop(permit);
-                    tracing::warn!(client_id = %client_id, error = %e, "cannot read queued messages");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {},
-                        _ = stop.cancelled() => return,
-                    }
-                    continue;
-                }
-            }
-            tokio::select! {
-                _ = session.wake.notified() => tokio::task::yield_now().await,
-                _ = session.lost.cancelled() => {
-                    if session.take_owed_reply() {
-                        // No connect was held to carry the news: push it, as a connect reply.
-                        let mut reply = Message { channel: Some(channel::meta::CONNECT.to_string()), ..Message::default() };
-                        self.refuse_lost(&mut reply, &client_id);
-                        let bytes = codec::encode_array(std::iter::once(self.encode_reply(reply).as_ref()));
-                        let frame = OutFrame { bytes, client_id: None, deliveries: Vec::new(), in_flight: None };
-                        tokio::select! {
-                            _ = socket.tx.send(frame) => {}
-                            _ = stop.cancelled() => {}
-                        }
-                    }
-                    return;
-                }
-                _ = stop.cancelled() => return,
-            }
+    /// Takes the feed's client's queued messages as one frame (`None`: nothing queued). The
+    /// messages leave the engine's queue here: a frame that is not written must go back
+    /// with [`Server::requeue`].
+    pub async fn take_frame(&self, feed: &SocketFeed) -> Result<Option<OutFrame>, EngineError> {
+        let client_id = feed.client_id();
+        let delivered = self.inner.engine.take_queued(client_id).await?;
+        if delivered.is_empty() {
+            return Ok(None);
         }
+        Ok(Some(OutFrame {
+            bytes: self.encode_delivery_frame(&delivered, client_id),
+            client_id: Some(client_id.clone()),
+            deliveries: delivered,
+        }))
+    }
+
+    /// After [`FeedEvent::Lost`]: the unknown-client connect reply (`401`, handshake advice)
+    /// to push, when no held connect carried it already.
+    pub fn lost_reply(&self, feed: &SocketFeed) -> Option<Bytes> {
+        if !feed.session.take_owed_reply() {
+            return None;
+        }
+        let mut reply = Message { channel: Some(channel::meta::CONNECT.to_string()), ..Message::default() };
+        self.refuse_lost(&mut reply, feed.client_id());
+        Some(codec::encode_array(std::iter::once(self.encode_reply(reply).as_ref())))
     }
 
     /// Hands messages that could not be written back to the client's queue.
