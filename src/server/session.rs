@@ -244,11 +244,13 @@ impl Sessions {
         if let Some(s) = self.get(client_id) {
             return s;
         }
+        // One allocation of the id, shared by the map's key and the session.
+        let id: Arc<str> = Arc::from(client_id);
         self.map
-            .entry(Arc::from(client_id))
+            .entry(id.clone())
             .or_insert_with(|| {
                 Arc::new(Session {
-                    client_id: Arc::from(client_id),
+                    client_id: id,
                     wake: Notify::new(),
                     closed: CancellationToken::new(),
                     lost: CancellationToken::new(),

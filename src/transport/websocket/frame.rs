@@ -97,6 +97,7 @@ impl Reader {
     }
 
     /// True while nothing read is left unparsed and no message is half-assembled.
+    #[cfg(test)]
     pub(crate) fn is_idle(&self) -> bool {
         self.buf.is_none() && self.fragments.is_none()
     }
@@ -290,4 +291,95 @@ pub(super) fn close_payload(code: u16, reason: &str) -> Bytes {
     // A control frame carries at most 125 bytes; reasons here are short ASCII.
     out.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
     Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A masked client frame.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        out
+    }
+
+    #[test]
+    fn a_message_split_anywhere_is_reassembled_and_nothing_is_kept_after() {
+        let payload: Vec<u8> = br#"[{"channel":"/meta/connect"}]"#.repeat(20);
+        let bytes = client_frame(true, OP_TEXT, &payload);
+        for split in 0..bytes.len() {
+            let mut reader = Reader::default();
+            reader.push(&bytes[..split]);
+            assert_eq!(reader.next(1 << 20), Ok(None), "split at {split}");
+            reader.push(&bytes[split..]);
+            assert_eq!(reader.next(1 << 20), Ok(Some(Incoming::Message(Bytes::from(payload.clone())))));
+            assert!(reader.is_idle(), "no buffer is kept once the message is out");
+        }
+    }
+
+    #[test]
+    fn fragments_and_interleaved_pings_make_one_message() {
+        let mut reader = Reader::default();
+        reader.push(&client_frame(false, OP_TEXT, b"[1,"));
+        reader.push(&client_frame(true, OP_PING, b"hi"));
+        reader.push(&client_frame(false, OP_CONTINUATION, b"2,"));
+        reader.push(&client_frame(true, OP_PONG, b""));
+        reader.push(&client_frame(true, OP_CONTINUATION, b"3]"));
+        assert_eq!(reader.next(100), Ok(Some(Incoming::Ping(Bytes::from_static(b"hi")))));
+        assert_eq!(reader.next(100), Ok(Some(Incoming::Message(Bytes::from_static(b"[1,2,3]")))));
+        assert_eq!(reader.next(100), Ok(None));
+        assert!(reader.is_idle());
+    }
+
+    #[test]
+    fn violations_map_to_their_close_codes() {
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (client_frame(true, OP_TEXT, b"\xff"), close::INVALID_DATA),
+            (client_frame(true, 0x3, b"x"), close::PROTOCOL),
+            (client_frame(true, OP_CONTINUATION, b"x"), close::PROTOCOL),
+            (client_frame(false, OP_PING, b"x"), close::PROTOCOL),
+            (client_frame(true, OP_CLOSE, &999u16.to_be_bytes()), close::PROTOCOL),
+            (client_frame(true, OP_CLOSE, b"\x03"), close::PROTOCOL),
+            (client_frame(true, OP_TEXT, &[b' '; 101]), close::TOO_BIG),
+            (vec![0x81, 0x05, b'h', b'e', b'l', b'l', b'o'], close::PROTOCOL), // unmasked
+            (vec![0xc1, 0x80, 0, 0, 0, 0], close::PROTOCOL),                   // RSV1
+        ];
+        for (bytes, code) in cases {
+            let mut reader = Reader::default();
+            reader.push(&bytes);
+            let err = reader.next(100).expect_err("a violation");
+            assert_eq!(err.close_code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn a_length_over_the_limit_is_refused_from_the_header_alone() {
+        let mut reader = Reader::default();
+        reader.push(&[0x81, 0xff, 0, 0, 0, 1, 0, 0, 0, 0]); // 4 GiB claimed, no mask yet
+        assert!(matches!(reader.next(1 << 20), Err(FrameError::TooBig { .. })));
+    }
+
+    #[test]
+    fn close_frames_carry_their_code() {
+        let mut reader = Reader::default();
+        reader.push(&client_frame(true, OP_CLOSE, &1001u16.to_be_bytes()));
+        assert_eq!(reader.next(100), Ok(Some(Incoming::Close(Some(1001)))));
+        let (h, n) = header(OP_TEXT, 70_000);
+        assert_eq!(&h[..n as usize], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
 }
