@@ -225,11 +225,8 @@ pub fn table(files: &[PathBuf]) -> Result<(), BoxError> {
             let (a, b) = (ours.and_then(|r| (figure.key)(r)), node.and_then(|r| (figure.key)(r)));
             let show = |v: Option<f64>| v.map(|v| format_number(v, figure.decimals)).unwrap_or_else(|| "—".into());
             let gain = if figure.better == Better::Neither { String::new() } else { ratio(a, b, figure.better) };
-            let before_cell = if has_before {
-                format!(" {} |", show(before.and_then(|r| (figure.key)(r))))
-            } else {
-                String::new()
-            };
+            let before_cell =
+                if has_before { format!(" {} |", show(before.and_then(|r| (figure.key)(r)))) } else { String::new() };
             println!(
                 "| {} | {} |{before_cell} {} | {} | {} |",
                 if i == 0 { label.as_str() } else { "" },

@@ -139,6 +139,7 @@ impl Server {
         Ok(Item::Connect(reply, ConnectWait { session, hold }))
     }
 }
+
 #[cfg(test)]
 impl ConnectWait {
     /// A wait of one second on `session`, for tests of its future's size.

@@ -130,7 +130,8 @@ fn connect_client_id(messages: &[Message]) -> Option<String> {
 /// A reply being finished beside the reading (a held connect, a publish on its way).
 type Waiting = Pin<Box<dyn Future<Output = Bytes> + Send>>;
 /// A read of the client's queue in progress.
-type Taking = Pin<Box<dyn Future<Output = Result<Option<OutFrame>, crate::engine::EngineError>> + Send>>;
+/// (The engine's error as text: the transport layer does not reach into the engine.)
+type Taking = Pin<Box<dyn Future<Output = Result<Option<OutFrame>, String>> + Send>>;
 
 /// Why the socket ends, and the close frame to send (if any).
 struct Ending {
@@ -219,7 +220,7 @@ async fn run(shared: &Arc<Shared>, mut conn: Conn, ctx: RequestContext) {
         {
             take_due = false;
             let (server, f) = (server.clone(), f.clone());
-            taking = Some(Box::pin(async move { server.take_frame(&f).await }));
+            taking = Some(Box::pin(async move { server.take_frame(&f).await.map_err(|e| e.to_string()) }));
         }
         let can_read = waiting.len() < MAX_WAITING_BATCHES && conn.replies.len() < MAX_QUEUED_REPLIES;
         let can_wait_feed = feed.is_some() && !take_due && taking.is_none() && retry.is_none();
