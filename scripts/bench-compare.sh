@@ -6,19 +6,23 @@
 # ratio. Each scenario gets fresh server processes (and a fresh redis-server of our own).
 # Only loopback traffic. See BENCHMARKS.md.
 #
-#   scripts/bench-compare.sh [--duration S] [--warmup S] [--idle-clients N] [--only LIST]
-#                            [--servers ours,node] [--out DIR]
+#   scripts/bench-compare.sh [--duration S] [--warmup S] [--idle-clients "N ..."] [--only LIST]
+#                            [--servers ours,node] [--before BIN] [--out DIR]
 #
 #   --duration S       seconds measured per scenario (default 10)
 #   --warmup S         seconds published before measuring (default 2)
-#   --idle-clients N   idle websocket clients (default: as many as the open-files limit allows, at most 100000)
+#   --idle-clients "N ..."  idle clients per run, one run each (default: "1000 5000 M", M as many as the
+#                      open-files limit allows, at most 100000)
 #   --only LIST        comma-separated subset of: fanout,fanout-half,fanout-common,channels,longpoll,idle,
 #                      redis,redis-2nodes,redis-rooms (faye layout), native,native-2nodes,native-rooms
 #                      (--redis-layout native), commands (redis commands per publish at 10, 1,000 and
 #                      10,000 subscribers, both layouts and node.js faye-redis)
 #   --servers LIST     ours,node (default both)
+#   --before BIN       also run every scenario against BIN (an earlier build of ours, same flags), reported
+#                      in a "before" column
 #   --out DIR          results directory (default target/bench-compare); results.jsonl is appended to
 #   BENCH_COMMANDS_SUBSCRIBERS="10 1000 10000"  the subscriber counts of the commands scenario
+#   BENCH_IDLE_TRANSPORTS="websocket long-polling eventsource"  the idle runs' transports
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,6 +32,7 @@ WARMUP=2
 IDLE_CLIENTS=
 ONLY=fanout,fanout-half,fanout-common,channels,longpoll,idle,redis,redis-2nodes,redis-rooms,native,native-2nodes,native-rooms,commands
 SERVERS=ours,node
+BEFORE_BIN=
 OUT=target/bench-compare
 TIMEOUT=45
 
@@ -38,8 +43,9 @@ while [ $# -gt 0 ]; do
     --idle-clients) IDLE_CLIENTS=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --servers) SERVERS=$2; shift 2 ;;
+    --before) BEFORE_BIN=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -64,21 +70,27 @@ RESULTS=$OUT/results.jsonl
 : > "$RESULTS"
 
 echo "== building (release binary and the load generator)"
-cargo build --release --quiet
+nice -n 10 cargo build --release --quiet
 LOADGEN_EXE=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null |
   grep '"name":"loadgen"' | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
 [ -x "$LOADGEN_EXE" ] || { echo "bench-compare: could not find the loadgen executable" >&2; exit 1; }
 # Private copies: a concurrent build in target/ cannot swap the binaries mid-run.
-cp target/release/actioncluster "$OUT/bin/actioncluster.new" && mv -f "$OUT/bin/actioncluster.new" "$OUT/bin/actioncluster"
+cp "${CARGO_TARGET_DIR:-target}/release/actioncluster" "$OUT/bin/actioncluster.new" && mv -f "$OUT/bin/actioncluster.new" "$OUT/bin/actioncluster"
 cp "$LOADGEN_EXE" "$OUT/bin/loadgen.new" && mv -f "$OUT/bin/loadgen.new" "$OUT/bin/loadgen"
 OURS_BIN=$OUT/bin/actioncluster
+if [ -n "$BEFORE_BIN" ]; then
+  [ -x "$BEFORE_BIN" ] || { echo "bench-compare: --before $BEFORE_BIN is not an executable" >&2; exit 2; }
+  cp "$BEFORE_BIN" "$OUT/bin/actioncluster-before"
+  BEFORE_BIN=$OUT/bin/actioncluster-before
+fi
 LOADGEN=$OUT/bin/loadgen
 
 # Idle clients need one descriptor each, in the server and in the generator.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -n)
 if [ -z "$IDLE_CLIENTS" ]; then
-  if [ "$NOFILE" = unlimited ] || [ "$NOFILE" -ge 101000 ]; then IDLE_CLIENTS=100000; else IDLE_CLIENTS=$((NOFILE - 1000)); fi
+  if [ "$NOFILE" = unlimited ] || [ "$NOFILE" -ge 101000 ]; then MOST=100000; else MOST=$((NOFILE - 1000)); fi
+  IDLE_CLIENTS="1000 5000 $MOST"
 fi
 
 PIDS=()
@@ -109,8 +121,10 @@ wait_url() {
 start_server() {
   local kind=$1 name=$2 redis=${3:-} layout=${4:-faye}
   local log=$OUT/logs/$name
-  if [ "$kind" = ours ]; then
-    "$OURS_BIN" --host 127.0.0.1 --port 0 --timeout "$TIMEOUT" --handshake-rate 0 --log warn \
+  if [ "$kind" = ours ] || [ "$kind" = before ]; then
+    local bin=$OURS_BIN
+    [ "$kind" = before ] && bin=$BEFORE_BIN
+    "$bin" --host 127.0.0.1 --port 0 --timeout "$TIMEOUT" --handshake-rate 0 --log warn \
       ${redis:+--redis "$redis" --redis-layout "$layout"} >"$log.out" 2>"$log.err" &
   else
     NODE_ENV=production node "$ROOT/benches/node/faye-server.js" --host 127.0.0.1 --port 0 --timeout "$TIMEOUT" \
@@ -224,9 +238,10 @@ commands_per_publish() {
     'BEGIN { if (p2 > p1) printf "%.1f", (c2 - c1) / (p2 - p1); else printf "?" }'
 }
 
-each_server() { # each_server FUNCTION ARGS...: runs it for ours, then node
+each_server() { # each_server FUNCTION ARGS...: runs it for the earlier build (--before), ours, then node
   local fn=$1
   shift
+  if [ -n "$BEFORE_BIN" ]; then "$fn" before "$@"; fi
   for server in ours node; do
     if wants_server "$server"; then "$fn" "$server" "$@"; fi
   done
@@ -267,7 +282,11 @@ if wants longpoll; then
   each_server run_single "long-polling fan-out 1->100" longpoll
 fi
 if wants idle; then
-  each_server run_single "idle websocket clients" idle --subscribers "$IDLE_CLIENTS" --source-addrs 16
+  for transport in ${BENCH_IDLE_TRANSPORTS:-websocket long-polling eventsource}; do
+    for n in $IDLE_CLIENTS; do
+      each_server run_single "idle $transport clients, $n" idle --subscribers "$n" --transport "$transport" --source-addrs 16
+    done
+  done
 fi
 if wants redis; then
   each_server run_redis "redis: fan-out 1->100, one node" 1

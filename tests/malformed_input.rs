@@ -837,12 +837,10 @@ async fn malformed_websocket_frames_are_ignored_or_close_the_socket() {
     let mut watchers = Watchers::start(addr).await;
     watchers.check("ws start").await;
 
-    // Protocol violations close the socket. Faye's driver sends a close frame first (1002
-    // protocol error, 1007 invalid payload data); ours sends 1009 for a message over the limit
-    // but, for the others, ends the connection without a close frame (tungstenite's read
-    // error ends the socket): only the close itself is asserted for those.
-    const PROTOCOL: &[u16] = &[];
-    const INVALID_DATA: &[u16] = &[];
+    // Protocol violations close the socket with a close frame saying why, as Faye's driver
+    // does: 1002 protocol error, 1007 invalid payload data, 1009 a message over the limit.
+    const PROTOCOL: &[u16] = &[1002];
+    const INVALID_DATA: &[u16] = &[1007];
     const TOO_BIG: &[u16] = &[1009];
     let over_limit = vec![b' '; MAX_BODY + 1];
     let third = vec![b' '; MAX_BODY / 3 + 1];
@@ -914,7 +912,7 @@ async fn malformed_websocket_frames_are_ignored_or_close_the_socket() {
             WsWant::Closed(TOO_BIG),
         ),
         ("a frame header claiming 2^63 bytes", vec![huge_length], WsWant::Closed(&[1002, 1009])),
-        ("HTTP after the upgrade", vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()], WsWant::Closed(&[])),
+        ("HTTP after the upgrade", vec![b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()], WsWant::Closed(PROTOCOL)),
     ];
 
     let mut failures = Vec::new();

@@ -111,3 +111,65 @@ impl Http {
         Ok(body)
     }
 }
+
+/// An EventSource stream (`GET <mount>/<clientId>`, `Accept: text/event-stream`) on its own
+/// connection, read event by event.
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl EventStream {
+    pub async fn open(endpoint: &Endpoint, local: Option<IpAddr>, client_id: &str) -> Result<Self, BoxError> {
+        let stream = tcp(endpoint.addr, local).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = hyper::Request::get(format!("{}/{client_id}", endpoint.path.trim_end_matches('/')))
+            .header(hyper::header::HOST, &endpoint.authority)
+            .header(hyper::header::ACCEPT, "text/event-stream")
+            .body(Full::new(Bytes::new()))?;
+        let response = sender.send_request(request).await?;
+        if !response.status().is_success() {
+            return Err(format!("EventSource: HTTP {}", response.status()).into());
+        }
+        Ok(Self { body: response.into_body(), buf: Vec::new() })
+    }
+
+    /// The `data` of the next event that has one (`None`: the stream ended).
+    pub async fn next_event(&mut self) -> Result<Option<String>, BoxError> {
+        loop {
+            while let Some(end) = find_event_end(&self.buf) {
+                let event: Vec<u8> = self.buf.drain(..end.0 + end.1).take(end.0).collect();
+                let text = String::from_utf8(event)?;
+                let data: Vec<&str> = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:").map(|d| d.strip_prefix(' ').unwrap_or(d)))
+                    .collect();
+                if !data.is_empty() {
+                    return Ok(Some(data.join("\n")));
+                }
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where the first event ends: its length and the blank line's (CRLF or LF).
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}

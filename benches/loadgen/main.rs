@@ -45,7 +45,8 @@ enum Command {
     Channels(RunArgs),
     /// Long-polling fan-out: 1 publisher -> 100 long-polling subscribers, all over HTTP.
     Longpoll(RunArgs),
-    /// Idle connections: N subscribed websocket clients; server RSS per connection,
+    /// Idle connections: N subscribed clients (websocket; `--transport long-polling`: a held
+    /// connect each; `--transport eventsource`: an open stream each); server RSS per connection,
     /// handshakes/s during the ramp, then one message per channel to check they all hold.
     Idle(RunArgs),
     /// Prints the comparison table (ours vs node.js Faye) of result files written by --json-out.
@@ -149,7 +150,11 @@ fn plan(scenario: &str, args: &RunArgs) -> Result<Plan, conn::BoxError> {
         sub_endpoint,
         pub_endpoint,
         sub_transport,
-        pub_transport: args.pub_transport.unwrap_or(sub_transport),
+        // EventSource only receives: its publishers post over long-polling.
+        pub_transport: args.pub_transport.unwrap_or(match sub_transport {
+            Transport::Eventsource => Transport::LongPolling,
+            t => t,
+        }),
         publishers: args.publishers.unwrap_or(publishers).max(1),
         subscribers: args.subscribers.unwrap_or(subscribers),
         channels: args.channels.unwrap_or(channels).max(1),

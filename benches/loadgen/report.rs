@@ -201,10 +201,17 @@ pub fn table(files: &[PathBuf]) -> Result<(), BoxError> {
                 && r.get("server").and_then(Value::as_str) == Some(server)
         })
     };
-    println!("| scenario | figure | actioncluster | node.js Faye | gain (>1: ours better) |");
-    println!("| --- | --- | ---: | ---: | ---: |");
+    // Runs of an earlier build (`bench-compare.sh --before BIN`) get a column of their own.
+    let has_before = records.iter().any(|r| r.get("server").and_then(Value::as_str) == Some("before"));
+    if has_before {
+        println!("| scenario | figure | before | actioncluster | node.js Faye | gain (>1: ours better) |");
+        println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    } else {
+        println!("| scenario | figure | actioncluster | node.js Faye | gain (>1: ours better) |");
+        println!("| --- | --- | ---: | ---: | ---: |");
+    }
     for label in &labels {
-        let (ours, node) = (find(label, "ours"), find(label, "node"));
+        let (ours, node, before) = (find(label, "ours"), find(label, "node"), find(label, "before"));
         let any = ours.or(node);
         let scenario = any.and_then(|r| r.get("scenario")).and_then(Value::as_str).unwrap_or("");
         let figures = if scenario == "idle" {
@@ -218,8 +225,10 @@ pub fn table(files: &[PathBuf]) -> Result<(), BoxError> {
             let (a, b) = (ours.and_then(|r| (figure.key)(r)), node.and_then(|r| (figure.key)(r)));
             let show = |v: Option<f64>| v.map(|v| format_number(v, figure.decimals)).unwrap_or_else(|| "—".into());
             let gain = if figure.better == Better::Neither { String::new() } else { ratio(a, b, figure.better) };
+            let before_cell =
+                if has_before { format!(" {} |", show(before.and_then(|r| (figure.key)(r)))) } else { String::new() };
             println!(
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} |{before_cell} {} | {} | {} |",
                 if i == 0 { label.as_str() } else { "" },
                 figure.name,
                 show(a),

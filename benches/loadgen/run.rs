@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 pub enum Transport {
     Websocket,
     LongPolling,
+    /// Subscribers only: handshake, subscribe and connect over HTTP (a connection closed
+    /// after them), then deliveries on an EventSource stream.
+    Eventsource,
 }
 
 impl Transport {
@@ -29,6 +32,7 @@ impl Transport {
         match self {
             Transport::Websocket => "websocket",
             Transport::LongPolling => "long-polling",
+            Transport::Eventsource => "eventsource",
         }
     }
 }
@@ -388,6 +392,40 @@ async fn subscriber(
                 }
             }
         }
+        Transport::Eventsource => {
+            // As Faye's EventSource transport: messages go over HTTP (here a connection that is
+            // closed after set-up, so each client holds one socket: its stream), deliveries
+            // arrive on the stream. The keepalive connect every `interval` (the server's
+            // timeout, 45 s) is not sent: runs hold their clients for less.
+            let mut http = Http::open(&plan.sub_endpoint, local).await?;
+            let client_id = bayeux::client_id_of(std::str::from_utf8(&http.post(bayeux::handshake()).await?)?)?;
+            note_handshake(&shared);
+            let reply = http.post(bayeux::subscribe(&client_id, &spec.channel_name)).await?;
+            bayeux::check_reply(std::str::from_utf8(&reply)?, "/meta/subscribe")?;
+            let mut stream = conn::EventStream::open(&plan.sub_endpoint, local, &client_id).await?;
+            let reply = http.post(bayeux::connect(&client_id, "eventsource", 0)).await?;
+            bayeux::check_reply(std::str::from_utf8(&reply)?, "/meta/connect")?;
+            drop(http);
+            shared.ready.fetch_add(1, Relaxed);
+            drop(permit);
+            loop {
+                let event = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break,
+                    event = stream.next_event() => event,
+                };
+                let outcome = match event {
+                    Ok(Some(text)) => core.on_text(&text).map(|_| ()),
+                    Ok(None) => Err("eventsource stream ended".to_string()),
+                    Err(e) => Err(format!("eventsource: {e}")),
+                };
+                if let Err(e) = outcome {
+                    shared.error(e);
+                    shared.closed.fetch_add(1, Relaxed);
+                    break;
+                }
+            }
+        }
     }
     Ok(core.report())
 }
@@ -407,7 +445,7 @@ async fn open_publisher(plan: &Plan, index: usize) -> Result<PubConn, BoxError> 
             let client_id = bayeux::client_id_of(&next_text(&mut ws).await?)?;
             Ok(PubConn::Ws(ws, client_id))
         }
-        Transport::LongPolling => {
+        Transport::LongPolling | Transport::Eventsource => {
             let mut http = Http::open(&plan.pub_endpoint, local).await?;
             let client_id = bayeux::client_id_of(std::str::from_utf8(&http.post(bayeux::handshake()).await?)?)?;
             Ok(PubConn::Http(http, client_id))

@@ -171,6 +171,9 @@ impl LocalClients {
     /// Subscribes unless the client holds `max` subscriptions already. A client not held
     /// here counts as [`SubscribeOutcome::Existing`] (nothing to do).
     pub(crate) fn subscribe(&self, id: &str, channel: &str, max: usize) -> SubscribeOutcome {
+        // One allocation of the name per channel, shared by every subscriber and the index,
+        // rather than one per subscription (looked up before the client's entry is locked).
+        let known: Option<Arc<str>> = self.channels.get(channel).map(|set| set.key().clone());
         let (id, channel): (Arc<str>, Arc<str>) = {
             let Some(mut entry) = self.clients.get_mut(id) else {
                 return SubscribeOutcome::Existing;
@@ -182,7 +185,7 @@ impl LocalClients {
                 return SubscribeOutcome::LimitReached;
             }
             let id = entry.key().clone();
-            let channel: Arc<str> = channel.into();
+            let channel: Arc<str> = known.unwrap_or_else(|| channel.into());
             entry.subscriptions.insert(channel.clone());
             (id, channel)
         };

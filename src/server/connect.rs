@@ -151,3 +151,11 @@ impl Server {
         Ok(Item::Connect(reply, ConnectWait { session, hold }))
     }
 }
+
+#[cfg(test)]
+impl ConnectWait {
+    /// A wait of one second on `session`, for tests of its future's size.
+    pub(super) fn probe(session: Arc<Session>) -> Self {
+        Self { session, hold: Duration::from_secs(1) }
+    }
+}

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 /// One write for a socket: a JSON array, plus the delivered messages it carries so that a
@@ -20,27 +20,71 @@ pub struct OutFrame {
     pub client_id: Option<Arc<str>>,
     /// The delivered messages encoded in `bytes`.
     pub deliveries: Vec<SharedEnvelope>,
-    /// Held by a frame of deliveries until it is dropped (written or given back): the
-    /// delivery pump sends the next frame only then, so a slow socket leaves messages in the
-    /// engine's queue, where they are counted against the client's bound.
-    pub in_flight: Option<InFlight>,
 }
 
-/// See [`OutFrame::in_flight`].
-#[derive(Debug)]
-pub struct InFlight(#[allow(dead_code)] pub(crate) tokio::sync::OwnedSemaphorePermit);
-
-/// A persistent connection (websocket or EventSource) that messages can be pushed to.
-#[derive(Debug, Clone)]
+/// A persistent connection (websocket or EventSource) that messages can be pushed to. It
+/// holds no queue of its own: a bound connection takes its client's queue through a
+/// [`SocketFeed`] when it is ready to write (one frame at a time), so messages wait in the
+/// engine, where they count against the client's bound.
+#[derive(Debug, Clone, Copy)]
 pub struct SocketHandle {
     /// Unique per connection, to tell one socket's binding from another's.
     pub id: u64,
-    /// Frames to write, in order.
-    pub tx: mpsc::Sender<OutFrame>,
+}
+
+/// What woke a [`SocketFeed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// Messages may be queued: take them when the socket is ready to write.
+    Wake,
+    /// The engine lost the client: send [`crate::server::Server::lost_reply`] if any, then stop.
+    Lost,
+    /// The binding ended (another connection took the client, or it was destroyed).
+    Stopped,
+}
+
+/// The deliveries of one client to the connection bound to it: a wake-up to wait on and the
+/// client's queue to take from, with nothing buffered here.
+#[derive(Clone)]
+pub struct SocketFeed {
+    pub(crate) session: Arc<Session>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for SocketFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketFeed").field("client_id", &self.session.client_id).finish()
+    }
+}
+
+impl SocketFeed {
+    /// The client this feed delivers to.
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.session.client_id
+    }
+
+    /// Waits for the next event. Cancel-safe: a wake-up that arrives while nobody waits is
+    /// kept for the next call.
+    pub async fn wait(&self) -> FeedEvent {
+        if self.stop.is_cancelled() {
+            return FeedEvent::Stopped;
+        }
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => FeedEvent::Stopped,
+            _ = self.session.lost.cancelled() => FeedEvent::Lost,
+            _ = self.session.wake.notified() => FeedEvent::Wake,
+        }
+    }
+
+    /// True once the binding ended.
+    pub fn is_stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
 }
 
 struct BoundSocket {
-    handle: SocketHandle,
+    id: u64,
     stop: CancellationToken,
 }
 
@@ -145,23 +189,31 @@ impl Session {
         std::mem::take(&mut self.state().reply_owed)
     }
 
-    /// Binds a socket; returns the token that stops its delivery pump, or None if already bound to it.
-    pub(crate) fn bind_socket(&self, handle: &SocketHandle) -> Option<CancellationToken> {
+    /// Binds a socket (ending the previous binding, if another socket held it); true if it
+    /// was not bound to this one already.
+    pub(crate) fn bind_socket(&self, handle: &SocketHandle) -> bool {
         let mut state = self.state();
-        if state.socket.as_ref().is_some_and(|s| s.handle.id == handle.id) {
-            return None;
+        if state.socket.as_ref().is_some_and(|s| s.id == handle.id) {
+            return false;
         }
         let stop = self.closed.child_token();
-        if let Some(old) = state.socket.replace(BoundSocket { handle: handle.clone(), stop: stop.clone() }) {
+        if let Some(old) = state.socket.replace(BoundSocket { id: handle.id, stop }) {
             old.stop.cancel();
         }
-        Some(stop)
+        true
+    }
+
+    /// The feed of the socket `socket_id`, if it is the one bound.
+    pub(crate) fn feed(self: &Arc<Self>, socket_id: u64) -> Option<SocketFeed> {
+        let state = self.state();
+        let bound = state.socket.as_ref().filter(|s| s.id == socket_id && !s.stop.is_cancelled())?;
+        Some(SocketFeed { session: self.clone(), stop: bound.stop.clone() })
     }
 
     /// Unbinds the socket `socket_id` if it is the bound one, releasing the held connect.
     pub(crate) fn unbind_socket(&self, socket_id: u64) {
         let mut state = self.state();
-        if state.socket.as_ref().is_some_and(|s| s.handle.id == socket_id) {
+        if state.socket.as_ref().is_some_and(|s| s.id == socket_id) {
             if let Some(old) = state.socket.take() {
                 old.stop.cancel();
             }
@@ -192,11 +244,13 @@ impl Sessions {
         if let Some(s) = self.get(client_id) {
             return s;
         }
+        // One allocation of the id, shared by the map's key and the session.
+        let id: Arc<str> = Arc::from(client_id);
         self.map
-            .entry(Arc::from(client_id))
+            .entry(id.clone())
             .or_insert_with(|| {
                 Arc::new(Session {
-                    client_id: Arc::from(client_id),
+                    client_id: id,
                     wake: Notify::new(),
                     closed: CancellationToken::new(),
                     lost: CancellationToken::new(),

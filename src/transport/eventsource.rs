@@ -3,19 +3,19 @@
 
 use super::websocket::next_socket_id;
 use super::{Body, Shared, bad_request};
-use crate::server::{OutFrame, Server, SocketHandle};
+use crate::server::{FeedEvent, Server, SocketFeed, SocketHandle};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Reconnection delay advertised to the browser (`retry:`), ms.
 const RETRY_MS: u64 = 5000;
@@ -32,23 +32,27 @@ pub(crate) fn is_eventsource<B>(req: &Request<B>) -> bool {
 }
 
 pub(crate) async fn open(shared: Arc<Shared>, req: Request<Incoming>, _remote: SocketAddr) -> Response<Body> {
-    let client_id = req.uri().path().rsplit('/').next().unwrap_or("").to_string();
-    let (tx, rx) = mpsc::channel::<OutFrame>(16);
-    let socket = SocketHandle { id: next_socket_id(), tx };
-    if client_id.is_empty() || !shared.server.attach_socket(&client_id, &socket).await {
+    let client_id = req.uri().path().rsplit('/').next().unwrap_or("");
+    let socket = SocketHandle { id: next_socket_id() };
+    if client_id.is_empty() || !shared.server.attach_socket(client_id, &socket).await {
         return bad_request("EventSource for an unknown client");
     }
+    let Some(feed) = shared.server.socket_feed(client_id, socket.id) else {
+        return bad_request("EventSource for an unknown client");
+    };
     tracing::debug!(client_id = %client_id, "eventsource opened");
     shared.server.metrics().connection_opened(crate::telemetry::Transport::EventSource);
     let ping = shared.settings.ping.unwrap_or(DEFAULT_PING);
     let body = EventStream {
-        preamble: Some(Bytes::from(format!("retry: {RETRY_MS}\r\n\r\n"))),
-        rx,
+        preamble: Some(Bytes::from_static(PREAMBLE)),
+        // Whatever was queued before the stream opened goes out first.
+        next: Mutex::new(next_frame(shared.server.clone(), feed.clone(), true)),
         ping: tokio::time::interval_at(tokio::time::Instant::now() + ping, ping),
         server: shared.server.clone(),
-        client_id,
+        feed,
         socket_id: socket.id,
         shutdown: Box::pin(shared.shutdown.clone().cancelled_owned()),
+        ended: false,
     };
     let mut resp = Response::new(body.boxed());
     let h = resp.headers_mut();
@@ -61,14 +65,64 @@ pub(crate) async fn open(shared: Arc<Shared>, req: Request<Incoming>, _remote: S
     resp
 }
 
+/// The first bytes of every stream: the browser's reconnection delay.
+const PREAMBLE: &[u8] = b"retry: 5000\r\n\r\n";
+const _: () = assert!(RETRY_MS == 5000, "PREAMBLE spells RETRY_MS");
+
+/// What the stream sends next.
+enum Next {
+    /// A JSON array of deliveries (or the unknown-client reply).
+    Data(Bytes),
+    /// The binding ended: end the stream.
+    End,
+}
+
+type NextFrame = Pin<Box<dyn Future<Output = Next> + Send>>;
+
+/// Waits for the client's next messages and takes them, one frame at a time: the stream
+/// asks for the next only once hyper took the previous one, so a slow reader leaves them
+/// in the engine's queue, where they count against the client's bound. Nothing is buffered
+/// here.
+fn next_frame(server: Server, feed: SocketFeed, take_first: bool) -> NextFrame {
+    Box::pin(async move {
+        let mut take = take_first;
+        loop {
+            if !take {
+                match feed.wait().await {
+                    FeedEvent::Wake => tokio::task::yield_now().await, // let a burst land
+                    FeedEvent::Lost => {
+                        return match server.lost_reply(&feed) {
+                            Some(reply) => Next::Data(reply),
+                            None => Next::End,
+                        };
+                    }
+                    FeedEvent::Stopped => return Next::End,
+                }
+            }
+            take = false;
+            match server.take_frame(&feed).await {
+                Ok(Some(frame)) => return Next::Data(frame.bytes),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(client_id = %feed.client_id(), error = %e, "cannot read queued messages");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    take = true;
+                }
+            }
+        }
+    })
+}
+
 struct EventStream {
     preamble: Option<Bytes>,
-    rx: mpsc::Receiver<OutFrame>,
+    /// In a mutex only because a response body must be `Sync`; never contended.
+    next: Mutex<NextFrame>,
     ping: tokio::time::Interval,
     server: Server,
-    client_id: String,
+    feed: SocketFeed,
     socket_id: u64,
     shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    ended: bool,
 }
 
 impl hyper::body::Body for EventStream {
@@ -79,18 +133,24 @@ impl hyper::body::Body for EventStream {
         if let Some(p) = self.preamble.take() {
             return Poll::Ready(Some(Ok(Frame::data(p))));
         }
-        if self.shutdown.as_mut().poll(cx).is_ready() {
+        if self.ended || self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(frame)) => {
-                let mut out = BytesMut::with_capacity(frame.bytes.len() + 10);
+        let this = &mut *self;
+        let next = this.next.get_mut().unwrap_or_else(PoisonError::into_inner);
+        match next.as_mut().poll(cx) {
+            Poll::Ready(Next::Data(bytes)) => {
+                *next = next_frame(this.server.clone(), this.feed.clone(), false);
+                let mut out = BytesMut::with_capacity(bytes.len() + 10);
                 out.put_slice(b"data: ");
-                out.put_slice(&frame.bytes);
+                out.put_slice(&bytes);
                 out.put_slice(b"\r\n\r\n");
                 return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
             }
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Next::End) => {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
             Poll::Pending => {}
         }
         if self.ping.poll_tick(cx).is_ready() {
@@ -103,19 +163,6 @@ impl hyper::body::Body for EventStream {
 impl Drop for EventStream {
     fn drop(&mut self) {
         self.server.metrics().connection_closed(crate::telemetry::Transport::EventSource);
-        self.server.detach_socket(&self.client_id, self.socket_id);
-        // Frames accepted for this stream but never written go back to the client's queue.
-        self.rx.close();
-        let mut undelivered = Vec::new();
-        while let Ok(frame) = self.rx.try_recv() {
-            undelivered.extend(frame.deliveries);
-        }
-        if !undelivered.is_empty()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            let server = self.server.clone();
-            let client_id = self.client_id.clone();
-            rt.spawn(async move { server.requeue(&client_id, undelivered).await });
-        }
+        self.server.detach_socket(self.feed.client_id(), self.socket_id);
     }
 }

@@ -1,41 +1,58 @@
 //! `websocket`: upgrade at the mount path. Each frame carries a batch; replies and pushed
-//! deliveries leave through one writer, several messages per frame.
+//! deliveries go out one frame at a time, several messages per frame.
+//!
+//! One task per socket reads, writes, waits for held connects and takes its client's queue,
+//! in one `select!`. Nothing is buffered per socket while it is idle: bytes are read into the
+//! stack and copied to the heap only while a frame is incomplete, frames are written straight
+//! from the shared encoded bytes, and deliveries stay in the engine's queue (where they count
+//! against the client's bound) until the socket is ready to write them. The cold parts
+//! (processing a batch, taking the queue) are boxed so the task's idle state stays small.
+
+mod frame;
 
 use super::{Body, ConnectionSlot, Shared, bad_request, full, text};
 use crate::protocol::Message;
 use crate::protocol::codec;
-use crate::server::{OutFrame, RequestContext, SocketHandle};
+use crate::server::{Batch, FeedEvent, OutFrame, RequestContext, SocketFeed, SocketHandle};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use hyper::body::Incoming;
+use frame::{FrameError, Incoming, close};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use hyper::body::Incoming as IncomingBody;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// Batches of one websocket that may wait at once (held connects, publishes on their way to
 /// the engine) before the socket's reading waits for one of them.
 const MAX_WAITING_BATCHES: usize = 64;
 
-/// Frames waiting for one socket's writer; a full queue makes the delivery pump wait.
-const WRITE_QUEUE: usize = 16;
+/// Replies waiting to be written before reading pauses: a peer that sends without reading
+/// cannot make the server queue replies without bound.
+const MAX_QUEUED_REPLIES: usize = 16;
 
-/// Once the reading side is done, how long the writer may take to flush what is queued (and
-/// the close frame) before the connection is dropped: a peer that stopped reading must not
-/// keep the task and its frames alive.
-const WRITER_GRACE: Duration = Duration::from_secs(5);
+/// Once the socket is closing, how long flushing what is queued (and the close frame) may
+/// take before the connection is dropped: a peer that stopped reading must not keep the task
+/// and its frames alive.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Initial read and write buffer of each websocket.
-const SOCKET_BUFFER_BYTES: usize = 4096;
+/// How long a failed read of the client's queue (redis away) waits before the next try.
+const TAKE_RETRY: Duration = Duration::from_millis(500);
+
+/// Bytes read per system call, into the stack; only an incomplete frame is kept on the heap.
+const READ_CHUNK: usize = 8192;
 
 static NEXT_SOCKET_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -53,7 +70,7 @@ pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 pub(crate) fn upgrade(
     shared: Arc<Shared>,
-    mut req: Request<Incoming>,
+    mut req: Request<IncomingBody>,
     remote: SocketAddr,
     slot: ConnectionSlot,
 ) -> Response<Body> {
@@ -66,23 +83,25 @@ pub(crate) fn upgrade(
         tracing::debug!(%remote, origin = ?req.headers().get(header::ORIGIN), "websocket from an origin not in the allow-list");
         return text(StatusCode::FORBIDDEN, "Forbidden origin");
     }
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let ctx = super::request_context(&req, remote);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let limit = shared.settings.max_body_bytes;
-                // Small per-socket buffers: an idle connection should cost kilobytes, not the
-                // 128 KiB tungstenite allocates by default (they grow for large messages).
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(SOCKET_BUFFER_BYTES)
-                    .write_buffer_size(SOCKET_BUFFER_BYTES)
-                    .max_message_size(Some(limit))
-                    .max_frame_size(Some(limit));
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                run(shared, ws, ctx).await;
+                let mut reader = frame::Reader::default();
+                // The plain-TCP socket itself, unwrapped: no boxed I/O, and the HTTP layer's
+                // read buffer is let go at once (bytes the client sent early are kept).
+                let io = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => {
+                        reader.push(&parts.read_buf);
+                        Io::Tcp(parts.io.into_inner())
+                    }
+                    Err(upgraded) => Io::Other(Box::new(TokioIo::new(upgraded))),
+                };
+                let conn = Conn { io, reader, out: None, replies: VecDeque::new(), pong: None, ping_due: false };
+                run(&shared, conn, ctx).await;
                 drop(slot); // the websocket no longer counts against max_connections
             }
             Err(e) => tracing::debug!(%remote, error = %e, "websocket upgrade failed"),
@@ -108,203 +127,264 @@ fn connect_client_id(messages: &[Message]) -> Option<String> {
         .filter(|c| !c.is_empty())
 }
 
-async fn run<S>(shared: Arc<Shared>, ws: WebSocketStream<S>, ctx: RequestContext)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let metrics = shared.server.metrics().clone();
+/// A reply being finished beside the reading (a held connect, a publish on its way).
+type Waiting = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+/// A read of the client's queue in progress.
+/// (The engine's error as text: the transport layer does not reach into the engine.)
+type Taking = Pin<Box<dyn Future<Output = Result<Option<OutFrame>, String>> + Send>>;
+
+/// Why the socket ends, and the close frame to send (if any).
+struct Ending {
+    close: Option<(u16, &'static str)>,
+    /// Let held connects and publishes finish and write their replies first (shutdown: they
+    /// carry the advice to reconnect elsewhere).
+    finish_waiting: bool,
+}
+
+impl Ending {
+    fn close(code: u16, reason: &'static str) -> Self {
+        Self { close: Some((code, reason)), finish_waiting: false }
+    }
+}
+
+/// What one decoded frame led to.
+enum Processed {
+    /// Replies to write now.
+    Reply(Bytes),
+    /// Replies that wait for held connects or publishes.
+    Waiting(Batch),
+    /// Not a Bayeux batch: Faye answers nothing and keeps the socket open.
+    Ignored,
+    /// More messages in one frame than accepted: no Faye client does that.
+    TooMany,
+}
+
+/// Decodes and applies one frame's batch. Boxed by the caller: its future is large and
+/// exists only while a frame is being handled.
+async fn process(
+    shared: &Shared,
+    payload: Bytes,
+    ctx: &RequestContext,
+    socket: SocketHandle,
+    bound: &mut Option<String>,
+) -> Processed {
+    let messages = match codec::decode(&payload, shared.settings.max_body_bytes) {
+        Ok(m) if m.len() > shared.settings.max_batch_messages => {
+            tracing::debug!(
+                messages = m.len(),
+                limit = shared.settings.max_batch_messages,
+                "websocket batch over the limit"
+            );
+            return Processed::TooMany;
+        }
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = %e, "ignoring a websocket frame that is not a Bayeux batch");
+            return Processed::Ignored;
+        }
+    };
+    drop(payload);
+    if let Some(cid) = connect_client_id(&messages) {
+        if let Some(old) = bound.as_deref()
+            && old != cid
+        {
+            shared.server.detach_socket(old, socket.id);
+        }
+        *bound = Some(cid);
+    }
+    let batch = shared.server.process(messages, ctx, Some(&socket)).await;
+    if batch.is_waiting() { Processed::Waiting(batch) } else { Processed::Reply(shared.server.finish(batch).await) }
+}
+
+async fn run(shared: &Arc<Shared>, mut conn: Conn, ctx: RequestContext) {
+    let server = &shared.server;
+    let metrics = server.metrics().clone();
     let _open = metrics.connection(crate::telemetry::Transport::WebSocket);
-    let (sink, mut stream) = ws.split();
-    let (tx, rx) = mpsc::channel::<OutFrame>(WRITE_QUEUE);
-    let (close_tx, close_rx) = mpsc::channel::<CloseFrame>(1);
-    let socket = SocketHandle { id: next_socket_id(), tx };
-    let mut writer = tokio::spawn(write_loop(shared.clone(), sink, rx, close_rx));
+    let socket = SocketHandle { id: next_socket_id() };
+    let max_message = shared.settings.max_body_bytes;
     let mut bound: Option<String> = None;
     let mut bound_closed: Option<CancellationToken> = None;
-    // Made on the first batch that waits, so an idle socket does not carry it.
-    let mut waiting_batches: Option<Arc<tokio::sync::Semaphore>> = None;
+    let mut feed: Option<SocketFeed> = None;
+    // The feed woke (or was just bound): take the queue once the socket is ready to write.
+    let mut take_due = false;
+    let mut taking: Option<Taking> = None;
+    let mut retry: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut waiting: FuturesUnordered<Waiting> = FuturesUnordered::new();
+    let mut ping = shared.settings.ping.map(|p| (p, Box::pin(tokio::time::sleep(p))));
 
-    loop {
-        let next = tokio::select! {
-            m = stream.next() => m,
-            _ = cancelled(&bound_closed) => {
-                // The client was destroyed (disconnect, expiry, another node): Faye closes its socket.
-                let _ = close_tx.try_send(CloseFrame { code: CloseCode::Normal, reason: "client disconnected".into() });
-                break;
-            }
+    let ending = loop {
+        if take_due
+            && taking.is_none()
+            && conn.is_writable_idle()
+            && let Some(f) = &feed
+        {
+            take_due = false;
+            let (server, f) = (server.clone(), f.clone());
+            taking = Some(Box::pin(async move { server.take_frame(&f).await.map_err(|e| e.to_string()) }));
+        }
+        let can_read = waiting.len() < MAX_WAITING_BATCHES && conn.replies.len() < MAX_QUEUED_REPLIES;
+        let can_wait_feed = feed.is_some() && !take_due && taking.is_none() && retry.is_none();
+        let event = tokio::select! {
+            biased;
             _ = shared.shutdown.cancelled() => {
-                let _ = close_tx.try_send(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() });
-                break;
+                break Ending { close: Some((close::AWAY, "server shutting down")), finish_waiting: true };
+            }
+            // The client was destroyed (disconnect, expiry, slow consumer, another node):
+            // Faye closes its socket.
+            _ = cancelled(&bound_closed) => break Ending::close(close::NORMAL, "client disconnected"),
+            r = std::future::poll_fn(|cx| conn.poll_io(cx, can_read, max_message)) => r,
+            Some(reply) = waiting.next(), if !waiting.is_empty() => {
+                conn.replies.push_back(reply);
+                continue;
+            }
+            r = maybe(taking.as_mut()), if taking.is_some() => {
+                taking = None;
+                match r {
+                    Ok(Some(frame)) => conn.out = Some(Outgoing::deliveries(frame)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read queued messages");
+                        retry = Some(Box::pin(tokio::time::sleep(TAKE_RETRY)));
+                    }
+                }
+                continue;
+            }
+            _ = maybe(retry.as_mut()), if retry.is_some() => {
+                retry = None;
+                take_due = true;
+                continue;
+            }
+            ev = feed_event(feed.as_ref()), if can_wait_feed => {
+                match ev {
+                    // Let a burst of publishes land before taking (Faye's MAX_DELAY = 0).
+                    FeedEvent::Wake => {
+                        tokio::task::yield_now().await;
+                        take_due = true;
+                    }
+                    FeedEvent::Lost => {
+                        // No connect was held to carry the news: push it, as a connect reply.
+                        if let Some(reply) = feed.as_ref().and_then(|f| server.lost_reply(f)) {
+                            conn.replies.push_back(reply);
+                        }
+                        feed = None;
+                    }
+                    FeedEvent::Stopped => feed = None,
+                }
+                continue;
+            }
+            _ = maybe(ping.as_mut().map(|(_, s)| s)), if ping.is_some() => {
+                if let Some((every, sleep)) = ping.as_mut() {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *every);
+                }
+                conn.ping_due = true;
+                continue;
             }
         };
-        let payload: Bytes = match next {
-            Some(Ok(WsMessage::Text(t))) => Bytes::from(t),
-            Some(Ok(WsMessage::Binary(b))) => b,
-            Some(Ok(WsMessage::Close(_))) | None => break,
-            Some(Ok(_)) => continue, // ping/pong handled by tungstenite
-            Some(Err(tungstenite::Error::Capacity(e))) => {
-                tracing::debug!(error = %e, "websocket message over the limit");
-                let _ = close_tx.try_send(CloseFrame { code: CloseCode::Size, reason: "message too big".into() });
-                break;
+        let payload = match event {
+            IoEvent::Message(payload) => payload,
+            IoEvent::Written => continue,
+            IoEvent::PeerClosed(code) => {
+                // Answer a close frame with one (the same code), as RFC 6455 asks.
+                break Ending::close(code.unwrap_or(close::NORMAL), "");
             }
-            Some(Err(e)) => {
+            IoEvent::Eof => break Ending { close: None, finish_waiting: false },
+            IoEvent::Invalid(e) => {
                 tracing::debug!(error = %e, "websocket read failed");
                 // Tell a peer that broke the protocol why, as Faye's websocket driver does.
-                let code = match &e {
-                    tungstenite::Error::Utf8(_) => Some(CloseCode::Invalid),
-                    tungstenite::Error::Protocol(_) => Some(CloseCode::Protocol),
-                    _ => None,
+                let reason = match e {
+                    FrameError::TooBig { .. } => "message too big",
+                    _ => "protocol error",
                 };
-                if let Some(code) = code {
-                    let _ = close_tx.try_send(CloseFrame { code, reason: "protocol error".into() });
-                }
-                break;
+                break Ending::close(e.close_code(), reason);
+            }
+            IoEvent::Failed(e) => {
+                tracing::debug!(error = %e, "websocket i/o failed");
+                break Ending { close: None, finish_waiting: false };
             }
         };
-        let messages = match codec::decode(&payload, shared.settings.max_body_bytes) {
-            Ok(m) if m.len() > shared.settings.max_batch_messages => {
-                // Faye's websocket client sends one message per frame: this is no Faye client.
-                tracing::debug!(
-                    messages = m.len(),
-                    limit = shared.settings.max_batch_messages,
-                    "websocket batch over the limit"
-                );
-                let reason = format!("more than {} messages in one frame", shared.settings.max_batch_messages);
-                let _ = close_tx.try_send(CloseFrame { code: CloseCode::Policy, reason: reason.into() });
-                break;
+        let before = bound.clone();
+        let processed = Box::pin(process(shared, payload, &ctx, socket, &mut bound)).await;
+        if bound != before {
+            bound_closed = None;
+            feed = None;
+        }
+        if let Some(cid) = &bound {
+            if bound_closed.is_none() {
+                bound_closed = server.client_closed_token(cid);
             }
-            Ok(m) => m,
-            Err(e) => {
-                // Faye answers nothing to a frame it cannot parse and keeps the socket open.
-                tracing::debug!(error = %e, "ignoring a websocket frame that is not a Bayeux batch");
-                continue;
-            }
-        };
-        if let Some(cid) = connect_client_id(&messages) {
-            if let Some(old) = bound.as_deref()
-                && old != cid
+            if feed.is_none()
+                && let Some(f) = server.socket_feed(cid, socket.id)
             {
-                shared.server.detach_socket(old, socket.id);
-            }
-            if bound.as_deref() != Some(cid.as_str()) {
-                bound_closed = None;
-            }
-            bound = Some(cid);
-        }
-        let batch = shared.server.process(messages, &ctx, Some(&socket)).await;
-        if bound_closed.is_none()
-            && let Some(cid) = &bound
-        {
-            bound_closed = shared.server.client_closed_token(cid);
-        }
-        if batch.is_waiting() {
-            // Held connects and publishes on their way finish beside the reading, but a peer
-            // may have only so many of them at once: past that, reading waits (backpressure).
-            let pending =
-                waiting_batches.get_or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_BATCHES)));
-            let permit = tokio::select! {
-                biased;
-                p = pending.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = cancelled(&bound_closed) => break,
-                _ = shared.shutdown.cancelled() => break,
-            };
-            let server = shared.server.clone();
-            let tx = socket.tx.clone();
-            tokio::spawn(async move {
-                let bytes = server.finish(batch).await;
-                let _ = tx.send(OutFrame { bytes, client_id: None, deliveries: Vec::new(), in_flight: None }).await;
-                drop(permit);
-            });
-        } else {
-            let bytes = shared.server.finish(batch).await;
-            let frame = OutFrame { bytes, client_id: None, deliveries: Vec::new(), in_flight: None };
-            // A peer that sends without reading fills the write queue: stop waiting for room
-            // once its client is destroyed or the node shuts down. Biased: a reply that fits
-            // goes out even when this very batch destroyed the client (a disconnect).
-            let sent = tokio::select! {
-                biased;
-                r = socket.tx.send(frame) => r.is_ok(),
-                _ = cancelled(&bound_closed) => false,
-                _ = shared.shutdown.cancelled() => false,
-            };
-            if !sent {
-                break;
+                feed = Some(f);
+                take_due = true; // whatever was queued before the binding
             }
         }
-    }
-    if let Some(cid) = bound {
-        shared.server.detach_socket(&cid, socket.id);
-    }
-    drop(socket);
-    if tokio::time::timeout(WRITER_GRACE, &mut writer).await.is_err() {
-        // The peer stopped reading; dropping the writer's half closes the connection.
-        tracing::debug!("websocket writer stuck on a peer that does not read; dropping the connection");
-        writer.abort();
-    }
-}
-
-async fn write_loop<K>(
-    shared: Arc<Shared>,
-    mut sink: K,
-    mut rx: mpsc::Receiver<OutFrame>,
-    mut close_rx: mpsc::Receiver<CloseFrame>,
-) where
-    K: futures_util::Sink<WsMessage, Error = tungstenite::Error> + Unpin,
-{
-    let ping_every = shared.settings.ping;
-    let mut ping = ping_every.map(|p| tokio::time::interval_at(tokio::time::Instant::now() + p, p));
-    loop {
-        let frame = tokio::select! {
-            biased;
-            f = rx.recv() => match f {
-                Some(f) => f,
-                None => {
-                    if let Ok(close) = close_rx.try_recv() {
-                        let _ = sink.send(WsMessage::Close(Some(close))).await;
-                    }
-                    break;
-                }
-            },
-            Some(close) = close_rx.recv() => {
-                // Whatever was queued before the close (e.g. a disconnect reply) goes first.
-                while let Ok(frame) = rx.try_recv() {
-                    if write_frame(&mut sink, &frame).await.is_err() {
-                        give_back(&shared, frame).await;
-                        break;
-                    }
-                }
-                let _ = sink.send(WsMessage::Close(Some(close))).await;
-                break;
+        match processed {
+            Processed::Reply(bytes) => conn.replies.push_back(bytes),
+            Processed::Waiting(batch) => {
+                let server = server.clone();
+                waiting.push(Box::pin(async move { server.finish(batch).await }));
             }
-            _ = async { match ping.as_mut() { Some(p) => { p.tick().await; } None => std::future::pending().await } } => {
-                if sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-        };
-        if write_frame(&mut sink, &frame).await.is_err() {
-            give_back(&shared, frame).await;
-            break;
+            Processed::Ignored => {}
+            Processed::TooMany => break Ending::close(close::POLICY, "more messages in one frame than accepted"),
         }
-    }
-    // Whatever was queued for this socket but never written goes back to its client's queue.
-    rx.close();
-    while let Some(frame) = rx.recv().await {
-        give_back(&shared, frame).await;
-    }
-    let _ = sink.close().await;
-}
-
-async fn write_frame<K>(sink: &mut K, frame: &OutFrame) -> Result<(), tungstenite::Error>
-where
-    K: futures_util::Sink<WsMessage, Error = tungstenite::Error> + Unpin,
-{
-    let text = match Utf8Bytes::try_from(frame.bytes.clone()) {
-        Ok(t) => t,
-        Err(_) => Utf8Bytes::from(String::from_utf8_lossy(&frame.bytes).into_owned()),
     };
-    sink.send(WsMessage::Text(text)).await
+
+    // Stop deliveries to this socket and release its held connects.
+    if let Some(cid) = bound.take() {
+        server.detach_socket(&cid, socket.id);
+    }
+    drop(feed);
+    let closing = async {
+        // A read of the queue under way completes, and what it took goes back.
+        if let Some(taking) = taking.take()
+            && let Ok(Some(frame)) = taking.await
+            && let Some(cid) = frame.client_id
+        {
+            server.requeue(&cid, frame.deliveries).await;
+        }
+        if ending.finish_waiting {
+            while let Some(reply) = waiting.next().await {
+                conn.replies.push_back(reply);
+            }
+        }
+        drop(waiting);
+        let flushed = std::future::poll_fn(|cx| conn.poll_flush_all(cx)).await;
+        if flushed.is_ok()
+            && let Some((code, reason)) = ending.close
+        {
+            conn.out = Some(Outgoing::control(frame::OP_CLOSE, frame::close_payload(code, reason)));
+            if std::future::poll_fn(|cx| conn.poll_flush_all(cx)).await.is_ok() {
+                let _ = std::future::poll_fn(|cx| Pin::new(&mut conn.io).poll_shutdown(cx)).await;
+            }
+        }
+    };
+    if tokio::time::timeout(CLOSE_GRACE, Box::pin(closing)).await.is_err() {
+        // The peer stopped reading; dropping the socket closes the connection.
+        tracing::debug!("websocket peer does not read; dropping the connection");
+    }
+    // Whatever was taken for this socket but never written goes back to its client's queue.
+    if let Some(Outgoing { frame: Some(frame), .. }) = conn.out.take()
+        && let Some(cid) = frame.client_id
+    {
+        server.requeue(&cid, frame.deliveries).await;
+    }
+}
+
+/// Awaits the future if there is one; never resolves without one.
+async fn maybe<F: Future + Unpin>(f: Option<&mut F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The feed's next event; never resolves without a feed.
+async fn feed_event(feed: Option<&SocketFeed>) -> FeedEvent {
+    match feed {
+        Some(f) => f.wait().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the token (if any) is cancelled; never without one.
@@ -315,8 +395,210 @@ async fn cancelled(token: &Option<CancellationToken>) {
     }
 }
 
-async fn give_back(shared: &Shared, frame: OutFrame) {
-    if let Some(cid) = frame.client_id {
-        shared.server.requeue(&cid, frame.deliveries).await;
+/// The socket: a plain TCP stream taken out of the upgrade, or (TLS) the upgraded I/O.
+enum Io {
+    Tcp(TcpStream),
+    Other(Box<TokioIo<hyper::upgrade::Upgraded>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Other(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Other(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Other(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(s) => s.is_write_vectored(),
+            Io::Other(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Other(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Other(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One frame being written: its header, then its payload straight from the shared bytes.
+struct Outgoing {
+    header: [u8; 10],
+    header_len: u8,
+    /// Bytes of header + payload written so far.
+    written: usize,
+    payload: Bytes,
+    /// The deliveries it carries, handed back to the queue if it is never written.
+    frame: Option<OutFrame>,
+}
+
+impl Outgoing {
+    fn control(opcode: u8, payload: Bytes) -> Self {
+        let (header, header_len) = frame::header(opcode, payload.len());
+        Self { header, header_len, written: 0, payload, frame: None }
+    }
+
+    fn text(payload: Bytes) -> Self {
+        Self::control(frame::OP_TEXT, payload)
+    }
+
+    fn deliveries(mut frame: OutFrame) -> Self {
+        let mut out = Self::text(std::mem::take(&mut frame.bytes));
+        out.frame = Some(frame);
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.header_len as usize + self.payload.len()
+    }
+}
+
+/// What the socket's I/O produced.
+enum IoEvent {
+    /// A whole message from the peer.
+    Message(Bytes),
+    /// Everything queued was written: the next frame (deliveries) may be taken.
+    Written,
+    /// The peer sent a close frame (with this code).
+    PeerClosed(Option<u16>),
+    /// The peer closed the connection without a close frame.
+    Eof,
+    /// The peer broke the protocol.
+    Invalid(FrameError),
+    /// Reading or writing failed.
+    Failed(io::Error),
+}
+
+/// The socket and what is on its way in and out.
+struct Conn {
+    io: Io,
+    reader: frame::Reader,
+    /// The frame being written.
+    out: Option<Outgoing>,
+    /// Replies to write, in order.
+    replies: VecDeque<Bytes>,
+    /// The payload of the latest ping to answer (RFC 6455 lets a pong answer only the latest).
+    pong: Option<Bytes>,
+    /// A keepalive ping is due.
+    ping_due: bool,
+}
+
+impl Conn {
+    /// True when nothing is being written or waits to be: deliveries may be taken.
+    fn is_writable_idle(&self) -> bool {
+        self.out.is_none() && self.replies.is_empty() && self.pong.is_none() && !self.ping_due
+    }
+
+    /// The next frame to write, control frames first.
+    fn next_out(&mut self) -> Option<Outgoing> {
+        if let Some(p) = self.pong.take() {
+            return Some(Outgoing::control(frame::OP_PONG, p));
+        }
+        if std::mem::take(&mut self.ping_due) {
+            return Some(Outgoing::control(frame::OP_PING, Bytes::new()));
+        }
+        self.replies.pop_front().map(Outgoing::text)
+    }
+
+    /// Writes what is queued, one frame at a time. `Ready(Ok(true))` when something was
+    /// written and nothing is left.
+    fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut wrote = false;
+        loop {
+            if self.out.is_none() {
+                self.out = self.next_out();
+            }
+            let Some(out) = self.out.as_mut() else {
+                if wrote {
+                    ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                }
+                return Poll::Ready(Ok(wrote));
+            };
+            while out.written < out.len() {
+                let header_len = out.header_len as usize;
+                let n = if out.written < header_len {
+                    let bufs = [IoSlice::new(&out.header[out.written..header_len]), IoSlice::new(&out.payload)];
+                    ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &bufs))?
+                } else {
+                    ready!(Pin::new(&mut self.io).poll_write(cx, &out.payload[out.written - header_len..]))?
+                };
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                out.written += n;
+            }
+            self.out = None;
+            wrote = true;
+        }
+    }
+
+    /// Writes everything queued and flushes.
+    fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_queued(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Drives the socket: writes what is queued, then (when `can_read`) reads until a whole
+    /// message arrives.
+    fn poll_io(&mut self, cx: &mut Context<'_>, can_read: bool, max_message: usize) -> Poll<IoEvent> {
+        loop {
+            match self.poll_write_queued(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Failed(e)),
+                Poll::Ready(Ok(true)) => return Poll::Ready(IoEvent::Written),
+                Poll::Ready(Ok(false)) | Poll::Pending => {}
+            }
+            if !can_read {
+                return Poll::Pending;
+            }
+            match self.reader.next(max_message) {
+                Err(e) => return Poll::Ready(IoEvent::Invalid(e)),
+                Ok(Some(Incoming::Message(m))) => return Poll::Ready(IoEvent::Message(m)),
+                Ok(Some(Incoming::Close(code))) => return Poll::Ready(IoEvent::PeerClosed(code)),
+                Ok(Some(Incoming::Ping(p))) => {
+                    self.pong = Some(p);
+                    continue;
+                }
+                Ok(None) => {}
+            }
+            // Into the stack: an idle socket keeps no read buffer.
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Failed(e)),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(IoEvent::Eof),
+                Poll::Ready(Ok(())) => self.reader.push(buf.filled()),
+            }
+        }
     }
 }
