@@ -175,7 +175,7 @@ fn entries_of(reply: Value) -> Vec<(EntryId, Vec<Value>)> {
 /// One `XREAD` of up to [`BATCH`] entries after `last`, blocking up to `block` when given;
 /// `None` when the connection failed or did not answer.
 async fn read(
-    con: &mut redis::aio::MultiplexedConnection,
+    con: &mut crate::redis_conn::BlockingConnection,
     key: &str,
     last: EntryId,
     block: Option<Duration>,
