@@ -34,7 +34,7 @@ fn config(url: &str, layout: RedisLayout) -> Config {
 }
 
 /// A subscriber that records every number it receives on `/ha/numbers`.
-async fn subscriber(node: &Node, preference: TransportPreference) -> Arc<Mutex<Vec<i64>>> {
+async fn subscriber(node: &Node, preference: TransportPreference) -> Arc<Mutex<Vec<(i64, Instant)>>> {
     let client = Client::builder(node.endpoint())
         .transport(preference)
         .connect_timeout(Duration::from_secs(2))
@@ -50,7 +50,7 @@ async fn subscriber(node: &Node, preference: TransportPreference) -> Arc<Mutex<V
         let _client = client; // kept alive as long as the subscription reads
         while let Some(m) = sub.next().await {
             if let Some(i) = m.json().as_i64() {
-                sink.lock().unwrap().push(i);
+                sink.lock().unwrap().push((i, Instant::now()));
             }
         }
     });
@@ -65,6 +65,11 @@ struct Sent {
 }
 
 async fn failover_under_traffic(layout: RedisLayout) {
+    // RUST_LOG=actioncluster=debug shows the nodes following the failover.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut set = SentinelSet::start().await;
     let url = set.url();
     let n1 = Node::start(config(&url, layout)).await.expect("node 1 starts on sentinel");
@@ -116,24 +121,85 @@ async fn failover_under_traffic(layout: RedisLayout) {
     let sent = std::mem::take(&mut *sent.lock().unwrap());
     let must_arrive: BTreeSet<i64> = sent.iter().filter(|s| s.acked && s.started >= elected_at).map(|s| s.i).collect();
     let acked_all: BTreeSet<i64> = sent.iter().filter(|s| s.acked).map(|s| s.i).collect();
-    for (n, received) in subscribers.iter().enumerate() {
-        let received = received.clone();
-        let must = must_arrive.clone();
-        poll_until(Duration::from_secs(30), "every post-election message at every subscriber", || {
-            let received = received.clone();
-            let must = must.clone();
-            async move {
-                let got: BTreeSet<i64> = received.lock().unwrap().iter().copied().collect();
-                must.is_subset(&got).then_some(())
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing: Vec<usize> = subscribers
+            .iter()
+            .map(|r| {
+                let got: BTreeSet<i64> = r.lock().unwrap().iter().map(|(i, _)| *i).collect();
+                must_arrive.difference(&got).count()
+            })
+            .collect();
+        if missing.iter().all(|m| *m == 0) || Instant::now() >= deadline {
+            eprintln!("post-election messages missing per subscriber: {missing:?}");
+            if std::env::var("HA_DEBUG").is_ok() {
+                let client = redis::Client::open(format!("redis://127.0.0.1:{new}/0")).unwrap();
+                let mut con = client.get_multiplexed_async_connection().await.unwrap();
+                let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
+                eprintln!("{stats}");
+                let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut con).await.unwrap();
+                eprintln!("{clients}");
+                let keys: Vec<String> = redis::cmd("KEYS").arg("faye/native/*").query_async(&mut con).await.unwrap();
+                for key in keys {
+                    let t: String = redis::cmd("TYPE").arg(&key).query_async(&mut con).await.unwrap();
+                    let v: redis::Value = match t.as_str() {
+                        "stream" => redis::cmd("XINFO").arg("STREAM").arg(&key).query_async(&mut con).await.unwrap(),
+                        "hash" => redis::cmd("HGETALL").arg(&key).query_async(&mut con).await.unwrap(),
+                        "zset" => redis::cmd("ZRANGE")
+                            .arg(&key)
+                            .arg(0)
+                            .arg(-1)
+                            .arg("WITHSCORES")
+                            .query_async(&mut con)
+                            .await
+                            .unwrap(),
+                        _ => redis::Value::Nil,
+                    };
+                    eprintln!("{key} {t}: {v:?}");
+                }
             }
-        })
-        .await;
-        let got: Vec<i64> = received.lock().unwrap().clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling under the deadline
+    }
+    for (n, received) in subscribers.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got: BTreeSet<i64> = received.lock().unwrap().iter().map(|(i, _)| *i).collect();
+            let missing: Vec<i64> = must_arrive.difference(&got).copied().collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "subscriber {n} misses {} messages published after the election: {missing:?} (got {} in all)",
+                missing.len(),
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling under the deadline
+        }
+        let got: Vec<i64> = received.lock().unwrap().iter().map(|(i, _)| *i).collect();
         let unique: BTreeSet<i64> = got.iter().copied().collect();
         assert_eq!(unique.len(), got.len(), "subscriber {n}: nothing delivered twice");
         let lost: Vec<i64> = acked_all.difference(&unique).copied().collect();
         eprintln!("subscriber {n}: {} of {} acknowledged publishes lost: {lost:?}", lost.len(), acked_all.len());
     }
+    // Recovery: the first delivery of a message published after the kill, slowest subscriber.
+    let started_of = |i: i64| sent.iter().find(|s| s.i == i).map(|s| s.started);
+    let recovery = subscribers
+        .iter()
+        .map(|r| {
+            r.lock()
+                .unwrap()
+                .iter()
+                .filter(|(i, _)| started_of(*i).is_some_and(|t| t >= killed_at))
+                .map(|(_, at)| *at)
+                .min()
+                .expect("a delivery after the kill")
+                - killed_at
+        })
+        .max()
+        .unwrap();
     let first_ack_after_kill = sent
         .iter()
         .filter(|s| s.acked && s.started >= killed_at)
@@ -150,6 +216,7 @@ async fn failover_under_traffic(layout: RedisLayout) {
         .unwrap_or(first_ack_after_kill);
     eprintln!(
         "{layout:?} layout failover: master {old} killed, {new} elected after {:?}; first publish acknowledged again {:?} after the kill; \
+         first delivery of a message published after the kill (slowest subscriber) {recovery:?} after it; \
          publishes during the failover: {} sent, {} acknowledged; total sent {}, acknowledged {}",
         elected_at - killed_at,
         recovered_after - killed_at,

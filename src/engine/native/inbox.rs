@@ -229,6 +229,9 @@ pub(super) async fn run(inner: Weak<Inner>, part: usize, stop: CancellationToken
             tracing::info!(from = %last, "inbox connection back; reading on from the last applied entry");
             engine.metrics.redis_reconnect();
         }
+        // Back: a later read failure sets it again (without this reset, every read after the
+        // first reconnection ended the connection).
+        lost = false;
         // Redis may have lost the inbox while the connection was down: then read the new one
         // from its start.
         if lost_inbox(&mut con, &key, last).await {

@@ -63,7 +63,9 @@ async fn drive(mut con: TimedConnection, mut requests: mpsc::UnboundedReceiver<R
         if batch.len() == 1
             && let Some(request) = batch.pop()
         {
-            let result = con.req_packed_command(&request.cmd).await;
+            // A server error comes back as a value here: make it the error it is (a
+            // pipeline with `ignore_errors` does the same for each of its answers).
+            let result = con.req_packed_command(&request.cmd).await.and_then(Value::extract_error);
             let _ = request.reply.send(result);
             continue;
         }
