@@ -9,6 +9,8 @@ need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# redis-cli creates the Redis Cluster of tests/native_cluster.rs (sentinels are redis-server --sentinel)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The dashboard's browser test drives Debian's headless Chromium.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)

@@ -250,6 +250,10 @@ pub struct Config {
     pub client_script: Option<PathBuf>,
     /// Redis URL; `None` keeps the in-process memory engine.
     pub redis_url: Option<String>,
+    /// Redis for the cluster layers (cache, tasks, peers, stats, rooms, web messages) when
+    /// it must differ from `redis_url`: required when `redis_url` is a Redis Cluster (their
+    /// actionHero key names span hash slots); a plain or Sentinel redis URL.
+    pub cluster_redis_url: Option<String>,
     /// Redis key namespace (`faye` gives `faye/clients`; empty gives faye-redis's default).
     pub namespace: String,
     /// How nodes share clients in redis: faye-redis's layout (node.js Faye nodes can join) or
@@ -318,6 +322,7 @@ impl Default for Config {
             cors_origins: None,
             client_script: None,
             redis_url: None,
+            cluster_redis_url: None,
             namespace: "faye".to_string(),
             redis_layout: RedisLayout::Faye,
             inbox_max_len: 100_000,
@@ -395,9 +400,49 @@ pub enum ConfigError {
     /// A secret may not be empty.
     #[error("{0} must not be empty")]
     SecretEmpty(&'static str),
+    /// The faye layout was asked for on a Redis Cluster.
+    #[error(
+        "redis+cluster:// needs --redis-layout native: faye-redis's keys and scripts span hash slots and cannot be sharded"
+    )]
+    ClusterNeedsNativeLayout,
+    /// A Redis Cluster was given without a separate redis for the cluster layers.
+    #[error(
+        "on a Redis Cluster, the cluster layers (cache, tasks, peers, stats, rooms, web messages) need --cluster-redis URL, a plain or Sentinel redis: their actionHero key names span hash slots"
+    )]
+    ClusterLayersNeedOwnRedis,
+    /// `--cluster-redis` is not a plain or Sentinel redis URL, or comes without `--redis`.
+    #[error("invalid --cluster-redis {0:?}: {1}")]
+    ClusterRedisInvalid(String, &'static str),
+}
+
+/// True for a `redis+cluster://` URL (config checks look at the scheme only).
+fn is_redis_cluster_url(url: &str) -> bool {
+    url.starts_with("redis+cluster://")
 }
 
 impl Config {
+    /// A Redis Cluster serves the native layout only, and the cluster layers then need their
+    /// own plain or Sentinel redis.
+    fn validate_redis_kinds(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.cluster_redis_url {
+            if self.redis_url.is_none() {
+                return Err(ConfigError::ClusterRedisInvalid(url.clone(), "it needs --redis"));
+            }
+            if is_redis_cluster_url(url) {
+                return Err(ConfigError::ClusterRedisInvalid(url.clone(), "it must be a plain or Sentinel redis"));
+            }
+        }
+        if self.redis_url.as_deref().is_some_and(is_redis_cluster_url) {
+            if self.redis_layout == RedisLayout::Faye {
+                return Err(ConfigError::ClusterNeedsNativeLayout);
+            }
+            if self.cluster_redis_url.is_none() {
+                return Err(ConfigError::ClusterLayersNeedOwnRedis);
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that the settings can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.mount.starts_with('/') || self.mount.contains(['?', '#', ' ']) {
@@ -421,6 +466,7 @@ impl Config {
         if self.gc_interval.is_zero() {
             return Err(ConfigError::GcIntervalZero);
         }
+        self.validate_redis_kinds()?;
         if self.server_token.is_empty() {
             return Err(ConfigError::ServerTokenEmpty);
         }

@@ -65,10 +65,16 @@ struct Args {
     /// Browser client script served at <mount>.js and <mount>/client.js.
     #[arg(long, env = "ACTIONCLUSTER_CLIENT_SCRIPT")]
     client_script: Option<PathBuf>,
-    /// Redis URL (redis://host:port/db, rediss://..., redis+unix:///path); without it the
+    /// Redis URL (redis://host:port/db, rediss://..., redis+unix:///path,
+    /// redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB], or, native layout only,
+    /// redis+cluster://HOST:PORT[,HOST:PORT...]); without it the
     /// node uses the in-process memory engine.
     #[arg(long, env = "ACTIONCLUSTER_REDIS")]
     redis: Option<String>,
+    /// Redis for the cluster layers (cache, tasks, peers, stats, rooms, web messages) when
+    /// --redis is a Redis Cluster (required then): a plain or Sentinel redis URL.
+    #[arg(long, env = "ACTIONCLUSTER_CLUSTER_REDIS")]
+    cluster_redis: Option<String>,
     /// Redis key namespace shared with the other nodes (faye-redis layout).
     #[arg(long, env = "ACTIONCLUSTER_NAMESPACE", default_value = "faye")]
     namespace: String,
@@ -210,6 +216,7 @@ async fn main() -> ExitCode {
         cors_origins: args.cors_origins.map(|list| list.into_iter().map(|o| o.trim().to_string()).collect()),
         client_script: args.client_script,
         redis_url: args.redis,
+        cluster_redis_url: args.cluster_redis,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         namespace: args.namespace,

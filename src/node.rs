@@ -159,7 +159,9 @@ impl NodeBuilder {
             },
             ..ClusterSettings::default()
         };
-        let cluster = match &config.redis_url {
+        // On a Redis Cluster the layers run on their own plain or Sentinel redis
+        // (`--cluster-redis`), their actionHero key names spanning hash slots.
+        let cluster = match config.cluster_redis_url.as_ref().or(config.redis_url.as_ref()) {
             None => Cluster::memory_with(node_id, cluster_settings),
             Some(url) => Cluster::connect(url, node_id, cluster_settings, metrics.clone()).await?,
         };

@@ -5,6 +5,8 @@
 //! redis-server through the shared helper.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+#[path = "common/native_cases.rs"]
+mod native_cases;
 #[path = "common/node_process.rs"]
 mod node_process;
 #[path = "common/redis_server.rs"]
@@ -13,9 +15,10 @@ mod redis_server;
 mod wire;
 
 use actioncluster::{Config, Node, NodeError, RedisLayout, ServerEvent};
+use native_cases::{data_of, metric};
 use node_process::NodeProcess;
 use redis_server::RedisServer;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,10 +40,6 @@ fn config(redis: &RedisServer, timeout: Duration, gc_interval: Duration) -> Conf
 
 async fn node(redis: &RedisServer) -> Node {
     Node::start(config(redis, Duration::from_secs(10), Duration::from_secs(3600))).await.expect("native node starts")
-}
-
-fn data_of(messages: &[Value]) -> Vec<Value> {
-    messages.iter().map(|m| m["data"].clone()).collect()
 }
 
 /// Publishes `0..n` on `channel` through `addr`, one every `pace`, until `stop`; returns the
@@ -65,107 +64,47 @@ async fn publish_numbers(
 #[tokio::test]
 async fn messages_cross_nodes_over_long_polling_and_websocket() {
     let redis = RedisServer::start().await;
-    let (n1, n2) = (node(&redis).await, node(&redis).await);
-    let lp = LpClient::handshake(n1.local_addr()).await;
-    lp.subscribe(n1.local_addr(), "/chat/**").await;
-    let addr = n1.local_addr();
-    let held = tokio::spawn(async move { lp.connect(addr, 5000).await });
-    let mut ws = WsClient::subscribed(n1.local_addr(), "/chat/*").await;
-    for i in 0..20 {
-        let ack = publish(n2.local_addr(), "/chat/room", json!({"i": i})).await;
-        assert_eq!(ack["successful"], json!(true), "{ack}");
-    }
-    let got = tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
-    assert_eq!(got[0]["data"], json!({"i": 0}));
-    assert_eq!(got[0]["channel"], json!("/chat/room"));
-    for i in 0..20 {
-        assert_eq!(ws.next_message().await["data"], json!({"i": i}), "in order");
-    }
+    native_cases::messages_cross_nodes_over_long_polling_and_websocket(&config(
+        &redis,
+        Duration::from_secs(10),
+        Duration::from_secs(3600),
+    ))
+    .await;
 }
 
 #[tokio::test]
 async fn wildcards_match_across_nodes_and_each_client_gets_a_message_once() {
     let redis = RedisServer::start().await;
-    let (n1, n2) = (node(&redis).await, node(&redis).await);
-    let one = LpClient::handshake(n1.local_addr()).await;
-    one.subscribe(n1.local_addr(), "/a/*").await;
-    let many = LpClient::handshake(n2.local_addr()).await;
-    // Three of its patterns match /a/b: it must still get each message once.
-    for pattern in ["/a/**", "/a/b", "/**"] {
-        many.subscribe(n2.local_addr(), pattern).await;
-    }
-    // Make both clients owned by their nodes (a connect moves a session to the node).
-    assert!(one.connect(n1.local_addr(), 0).await.is_empty());
-    assert!(many.connect(n2.local_addr(), 0).await.is_empty());
-    publish(n1.local_addr(), "/a/b/c", json!("deep")).await;
-    publish(n2.local_addr(), "/a/b", json!("shallow")).await;
-    publish(n1.local_addr(), "/z", json!("elsewhere")).await;
-    assert_eq!(data_of(&one.connect(n1.local_addr(), 300).await), vec![json!("shallow")]);
-    assert_eq!(
-        data_of(&many.connect(n2.local_addr(), 300).await),
-        vec![json!("deep"), json!("shallow"), json!("elsewhere")]
-    );
+    native_cases::wildcards_match_across_nodes_and_each_client_gets_a_message_once(&config(
+        &redis,
+        Duration::from_secs(10),
+        Duration::from_secs(3600),
+    ))
+    .await;
 }
 
 #[tokio::test]
 async fn unsubscribing_through_another_node_stops_delivery() {
     let redis = RedisServer::start().await;
-    let (n1, n2) = (node(&redis).await, node(&redis).await);
-    let client = LpClient::handshake(n1.local_addr()).await;
-    client.subscribe(n2.local_addr(), "/u/a").await;
-    client.subscribe(n2.local_addr(), "/u/b").await;
-    assert!(client.connect(n1.local_addr(), 0).await.is_empty());
-    let (_, reply) = wire::post(
-        n2.local_addr(),
-        &json!({"channel": "/meta/unsubscribe", "clientId": client.client_id, "subscription": "/u/a"}),
-    )
+    native_cases::unsubscribing_through_another_node_stops_delivery(&config(
+        &redis,
+        Duration::from_secs(10),
+        Duration::from_secs(3600),
+    ))
     .await;
-    assert_eq!(reply[0]["successful"], json!(true), "{reply}");
-    publish(n2.local_addr(), "/u/a", json!("gone")).await;
-    publish(n2.local_addr(), "/u/b", json!("kept")).await;
-    assert_eq!(data_of(&client.connect(n1.local_addr(), 300).await), vec![json!("kept")]);
 }
 
 #[tokio::test]
 async fn long_polling_client_hopping_between_nodes_gets_every_message_once_in_order() {
     let redis = RedisServer::start().await;
-    let nodes = [node(&redis).await, node(&redis).await, node(&redis).await];
-    let addrs: Vec<_> = nodes.iter().map(|n| n.local_addr()).collect();
-    let client = LpClient::handshake(addrs[0]).await;
-    client.subscribe(addrs[1], "/hop").await;
-    const N: i64 = 200;
-    let pub_addrs = addrs.clone();
-    let publisher = tokio::spawn(async move {
-        for i in 0..N {
-            let ack = publish(pub_addrs[(i % 3) as usize], "/hop", json!(i)).await;
-            assert_eq!(ack["successful"], json!(true));
-        }
-    });
-    let mut received = Vec::new();
-    let mut request = 0usize;
-    let collect = async {
-        while (received.len() as i64) < N {
-            let got = client.connect(addrs[request % 2], 200).await;
-            request += 1;
-            received.extend(got.into_iter().map(|m| m["data"].as_i64().unwrap()));
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), collect).await.expect("all messages arrive");
-    publisher.await.unwrap();
-    assert_eq!(received, (0..N).collect::<Vec<_>>(), "every message once, in order");
-    let moved: u64 =
-        nodes.iter().map(|n| metric(&n.server().render_metrics(true), "actioncluster_sessions_moved_total")).sum();
-    assert!(moved >= 2, "the session really moved between nodes ({moved} moves in {request} connects)");
+    native_cases::long_polling_client_hopping_between_nodes_gets_every_message_once_in_order(&config(
+        &redis,
+        Duration::from_secs(10),
+        Duration::from_secs(3600),
+    ))
+    .await;
 }
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
-/// Reads websocket deliveries of `/flow` into `received` until the socket closes or `done`.
 async fn read_until_closed(ws: &mut WsClient, received: &mut Vec<i64>, done: &AtomicBool) -> bool {
     while !done.load(Ordering::Relaxed) {
         match ws.next_message_or_close().await {

@@ -28,10 +28,9 @@ pub use tasks::{
 };
 pub use web_messages::WebMessages;
 
-use crate::redis_conn::{RedisConnError, RedisEndpoint, TimedConnection};
+use crate::redis_conn::{CommandConnection, RedisConnError, RedisEndpoint, RedisKind, TimedConnection};
 use crate::telemetry::Metrics;
 use keys::Keys;
-use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
@@ -269,12 +268,24 @@ pub(crate) struct MemoryState {
     pub(crate) rooms: Mutex<rooms::MemoryRooms>,
 }
 
+/// Longest a task write waits for a replica to confirm it (`WAIT 1 <ms>`), kept under the
+/// command connection's reply timeout.
+const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// How long task writes skip `WAIT` after one that no replica confirmed.
+const REPLICA_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The shared redis command connection and key names.
 pub(crate) struct RedisBackend {
     url: String,
-    con: ConnectionManager,
+    con: CommandConnection,
     metrics: Arc<Metrics>,
     pub(crate) keys: Keys,
+    /// True behind Sentinel: the master has a replica, and writes that must survive a
+    /// failover wait for it ([`RedisBackend::wait_for_replica`]).
+    replicated: bool,
+    /// Until when task writes skip `WAIT` after one that no replica confirmed.
+    unreplicated_until: std::sync::Mutex<Option<std::time::Instant>>,
     /// False from the first failure of an outage until the next success: one log line each way.
     healthy: AtomicBool,
 }
@@ -282,6 +293,41 @@ pub(crate) struct RedisBackend {
 impl RedisBackend {
     pub(crate) fn con(&self) -> TimedConnection {
         TimedConnection { inner: self.con.clone(), metrics: self.metrics.clone() }
+    }
+
+    /// After a write that a failover must not lose (an enqueued task), waits until one
+    /// replica has it (`WAIT 1`), on the same connection as the write. Only behind Sentinel:
+    /// a single redis has no replica. A replica that does not confirm in time is logged, not
+    /// an error: the write happened, and the caller retrying would enqueue it twice.
+    /// When no replica confirmed in time (none attached, as after a failover until the old
+    /// master returns), task writes stop waiting for [`REPLICA_RETRY`], so that enqueues are
+    /// not each delayed by [`REPLICA_WAIT`]; one warning per such period.
+    pub(crate) async fn wait_for_replica(&self, con: &mut TimedConnection) {
+        if !self.replicated {
+            return;
+        }
+        let skipping = {
+            let until = self.unreplicated_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            until.is_some_and(|t| std::time::Instant::now() < t)
+        };
+        if skipping {
+            return;
+        }
+        let acked: redis::RedisResult<i64> =
+            redis::cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64).query_async(con).await;
+        match acked {
+            Ok(n) if n >= 1 => {}
+            Ok(_) => {
+                tracing::warn!(
+                    waited_ms = REPLICA_WAIT.as_millis() as u64,
+                    retry_in_s = REPLICA_RETRY.as_secs(),
+                    "cluster: no replica confirmed a task write; until one does, a failover could lose tasks"
+                );
+                *self.unreplicated_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(std::time::Instant::now() + REPLICA_RETRY);
+            }
+            Err(e) => tracing::warn!(error = %e, "cluster: WAIT for a replica failed"),
+        }
     }
 
     /// Maps a redis failure to [`ClusterError::RedisUnavailable`], logging outages once.
@@ -412,10 +458,16 @@ impl Cluster {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ClusterError> {
         let endpoint = RedisEndpoint::parse(endpoint_url)?;
+        endpoint.refuse_cluster(
+            "the cluster layers (cache, tasks, peers, stats, rooms, web messages: actionHero key names)",
+            "give them a plain or Sentinel redis with --cluster-redis",
+        )?;
         let con = endpoint.commands().await?;
         let backend = RedisBackend {
             url: endpoint.url().to_string(),
             con,
+            replicated: endpoint.kind() == RedisKind::Sentinel,
+            unreplicated_until: std::sync::Mutex::new(None),
             metrics,
             keys: Keys::new(&settings.prefix),
             healthy: AtomicBool::new(true),

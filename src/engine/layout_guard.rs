@@ -86,9 +86,28 @@ pub(crate) fn layout_key(namespace: &str) -> String {
 
 /// Claims `namespace` for `layout`, or says which layout holds it.
 pub(crate) async fn claim(con: &mut impl ConnectionLike, namespace: &str, layout: Layout) -> Result<(), LayoutError> {
+    claim_with_marker(con, namespace, layout, layout.other().marker(namespace)).await
+}
+
+/// [`claim`] on a Redis Cluster, where the other layout's marker is in another slot: only
+/// the layout key is checked (the faye layout cannot run on a Redis Cluster anyway).
+pub(crate) async fn claim_on_cluster(
+    con: &mut impl ConnectionLike,
+    namespace: &str,
+    layout: Layout,
+) -> Result<(), LayoutError> {
+    claim_with_marker(con, namespace, layout, layout_key(namespace)).await
+}
+
+async fn claim_with_marker(
+    con: &mut impl ConnectionLike,
+    namespace: &str,
+    layout: Layout,
+    marker: String,
+) -> Result<(), LayoutError> {
     let result: redis::RedisResult<String> = CLAIM
         .key(layout_key(namespace))
-        .key(layout.other().marker(namespace))
+        .key(marker)
         .arg(layout.name())
         .arg(layout.other().name())
         .invoke_async(con)

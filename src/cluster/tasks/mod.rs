@@ -476,6 +476,7 @@ impl Tasks {
             }
             Backend::Redis(r) => {
                 let text = serde_json::to_string(&record).map_err(|e| TaskError::InvalidParams(e.to_string()))?;
+                let mut con = r.con();
                 let parts: Vec<String> = r.check(
                     scripts::ENQUEUE
                         .arg(r.keys.prefix())
@@ -486,9 +487,12 @@ impl Tasks {
                         .arg(idempotency_key.unwrap_or(""))
                         .arg(ttl.max(1))
                         .arg(if create_if_absent { "1" } else { "0" })
-                        .invoke_async(&mut r.con())
+                        .invoke_async(&mut con)
                         .await,
                 )?;
+                // Behind Sentinel, acknowledge only what a replica has: a failover right after
+                // must not lose the task.
+                r.wait_for_replica(&mut con).await;
                 Answer::from_redis(parts)
             }
         }

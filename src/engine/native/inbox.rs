@@ -175,7 +175,7 @@ fn entries_of(reply: Value) -> Vec<(EntryId, Vec<Value>)> {
 /// One `XREAD` of up to [`BATCH`] entries after `last`, blocking up to `block` when given;
 /// `None` when the connection failed or did not answer.
 async fn read(
-    con: &mut redis::aio::MultiplexedConnection,
+    con: &mut crate::redis_conn::BlockingConnection,
     key: &str,
     last: EntryId,
     block: Option<Duration>,
@@ -199,15 +199,15 @@ async fn read(
     }
 }
 
-/// Reads and applies the inbox until `stop`.
-pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
+/// Reads and applies this node's inbox of partition `part` until `stop`.
+pub(super) async fn run(inner: Weak<Inner>, part: usize, stop: CancellationToken) {
     let mut last = EntryId::default();
     let mut backoff = BACKOFF_MIN;
     let mut lost = false;
     loop {
         let Some(engine) = inner.upgrade() else { return };
         let endpoint = engine.endpoint.clone();
-        let key = engine.inbox.clone();
+        let key = engine.parts[part].inbox.clone();
         drop(engine);
         let connected = tokio::select! {
             r = endpoint.blocking() => r,
@@ -229,6 +229,9 @@ pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
             tracing::info!(from = %last, "inbox connection back; reading on from the last applied entry");
             engine.metrics.redis_reconnect();
         }
+        // Back: a later read failure sets it again (without this reset, every read after the
+        // first reconnection ended the connection).
+        lost = false;
         // Redis may have lost the inbox while the connection was down: then read the new one
         // from its start.
         if lost_inbox(&mut con, &key, last).await {
@@ -251,7 +254,9 @@ pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
             let Some(engine) = inner.upgrade() else { return };
             // The heartbeat found that redis lost this node's records (without dropping this
             // connection): if the inbox went too, read the new one from its start.
-            if engine.inbox_check.swap(false, Ordering::Relaxed) && lost_inbox(&mut engine.con(), &key, last).await {
+            if engine.parts[part].inbox_check.swap(false, Ordering::Relaxed)
+                && lost_inbox(&mut engine.parts[part].con(), &key, last).await
+            {
                 tracing::info!(from = %last, "redis lost the inbox; reading the new one from its start");
                 last = EntryId::default();
                 continue;
@@ -272,7 +277,7 @@ pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
                             "this node fell behind its inbox: unread entries were dropped by its length bound"
                         );
                     }
-                    engine.apply(Entry::from_fields(fields), &mut wakes).await;
+                    engine.apply(part, Entry::from_fields(fields), &mut wakes).await;
                     last = id;
                 }
                 applied += count;
@@ -300,7 +305,7 @@ pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
                     .arg(&key)
                     .arg("MINID")
                     .arg(last.to_string())
-                    .query_async(&mut engine.con())
+                    .query_async(&mut engine.parts[part].con())
                     .await;
                 if trim.is_ok() {
                     unread_trim = 0;
@@ -317,29 +322,31 @@ pub(super) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
 }
 
 impl Inner {
-    /// Applies one inbox entry; clients with new messages are added to `wakes`.
-    async fn apply(self: &Arc<Self>, entry: Entry, wakes: &mut Vec<Arc<str>>) {
+    /// Applies one entry of partition `part`'s inbox; clients with new messages are added to
+    /// `wakes`.
+    async fn apply(self: &Arc<Self>, part: usize, entry: Entry, wakes: &mut Vec<Arc<str>>) {
+        let local = &self.parts[part].local;
         match entry.kind.as_slice() {
             b"m" => {
                 for json in entry.data {
                     match Envelope::from_json_with(json, entry.root_wildcard) {
-                        Some(envelope) => self.deliver(envelope, wakes),
+                        Some(envelope) => self.deliver(part, envelope, wakes),
                         None => tracing::warn!("dropping an inbox message that is not a Bayeux message"),
                     }
                 }
             }
             // Before its move completes (epoch 0) a session's subscriptions come with `T`.
             b"s" => {
-                if self.local.epoch(&entry.client).is_some_and(|e| e > 0) {
+                if local.epoch(&entry.client).is_some_and(|e| e > 0) {
                     for pattern in &entry.patterns {
-                        self.local.subscribe(&entry.client, pattern, usize::MAX);
+                        local.subscribe(&entry.client, pattern, usize::MAX);
                     }
                 }
             }
             b"u" => {
-                if self.local.epoch(&entry.client).is_some_and(|e| e > 0) {
+                if local.epoch(&entry.client).is_some_and(|e| e > 0) {
                     for pattern in &entry.patterns {
-                        self.local.unsubscribe(&entry.client, pattern);
+                        local.unsubscribe(&entry.client, pattern);
                     }
                 }
             }
@@ -347,9 +354,9 @@ impl Inner {
                 self.let_go(&entry.client);
             }
             b"T" => {
-                self.local.activate(&entry.client, entry.epoch, &entry.patterns);
+                local.activate(&entry.client, entry.epoch, &entry.patterns);
             }
-            b"h" => self.hand_over(entry).await,
+            b"h" => self.hand_over(part, entry).await,
             b"H" => {
                 let earlier: Vec<SharedEnvelope> = entry.data.into_iter().filter_map(Envelope::from_json).collect();
                 let count = earlier.len();
@@ -363,14 +370,15 @@ impl Inner {
 
     /// `h`: the client moved to `entry.to` at `entry.epoch`; send what is queued for it here.
     /// An `h` older than the session held here (its epoch is not below) is stale and ignored.
-    async fn hand_over(self: &Arc<Self>, entry: Entry) {
-        let queue = match self.local.epoch(&entry.client) {
+    async fn hand_over(self: &Arc<Self>, part: usize, entry: Entry) {
+        let part = &self.parts[part];
+        let queue = match part.local.epoch(&entry.client) {
             Some(held) if held == 0 || held >= entry.epoch => return,
             Some(_) => self.let_go(&entry.client).map(|r| r.queue).unwrap_or_default(),
             None => Vec::new(),
         };
         let mut add = redis::cmd("XADD");
-        add.arg(self.keys.inbox(&entry.to))
+        add.arg(part.keys.inbox(&entry.to))
             .arg("MAXLEN")
             .arg("~")
             .arg(self.inbox_max_len)
@@ -384,7 +392,7 @@ impl Inner {
         for envelope in &queue {
             add.arg("d").arg(envelope.encoded.as_ref());
         }
-        let r: redis::RedisResult<String> = add.query_async(&mut self.con()).await;
+        let r: redis::RedisResult<String> = add.query_async(&mut part.con()).await;
         match r {
             Ok(_) => {
                 tracing::debug!(client_id = %entry.client, to = %entry.to, count = queue.len(), "session handed over")

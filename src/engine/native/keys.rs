@@ -1,7 +1,11 @@
 //! The only place the native layout's redis key strings are built. Everything lives under
-//! `{namespace}/native/`, so it never meets faye-redis's keys in the same namespace. The
-//! keys one client's scripts touch together carry the client id as a hash tag, so they share
-//! a Redis Cluster slot.
+//! `{namespace}/native/`, so it never meets faye-redis's keys in the same namespace.
+//!
+//! On a Redis Cluster the layout is split into partitions, each under its own hash tag
+//! (`{namespace}/native/{p7}/…`): every key a script touches (a client's records, the
+//! interest hashes, the inboxes, the node set of that partition) is in the partition's slot.
+//! On one redis there is one partition, without a tag (the client keys carry the client id
+//! as a tag, harmless there).
 
 /// Key names for one namespace.
 #[derive(Debug, Clone)]
@@ -13,6 +17,16 @@ pub(crate) struct Keys {
 impl Keys {
     pub(crate) fn new(namespace: &str) -> Self {
         Self { root: format!("{namespace}/native/") }
+    }
+
+    /// The keys of one partition of a Redis Cluster layout: all under the hash tag `{tag}`.
+    pub(crate) fn partition(namespace: &str, tag: &str) -> Self {
+        Self { root: format!("{namespace}/native/{{{tag}}}/") }
+    }
+
+    /// Redis Cluster: the partition tags the namespace's nodes agreed on (comma-separated).
+    pub(crate) fn partitions(&self) -> String {
+        format!("{}partitions", self.root)
     }
 
     /// Sorted set of client ids scored by last ping (ms).
@@ -83,5 +97,16 @@ mod tests {
         assert_eq!(k.inbox("n1"), format!("{}n1", k.inbox_prefix()));
         assert_eq!(k.nodes(), "faye/native/nodes");
         assert_eq!(k.gc_lock(), "faye/native/locks/gc");
+        assert_eq!(k.partitions(), "faye/native/partitions");
+    }
+
+    #[test]
+    fn partition_keys_share_the_partition_tag() {
+        let k = Keys::partition("faye", "p3");
+        assert_eq!(k.client("abc"), "faye/native/{p3}/client/{abc}");
+        assert_eq!(k.interest("/a/{b}"), "faye/native/{p3}/interest/a/{b}");
+        assert_eq!(k.inbox("n1"), "faye/native/{p3}/inbox/n1");
+        assert_eq!(k.nodes(), "faye/native/{p3}/nodes");
+        assert_eq!(k.clients(), "faye/native/{p3}/clients");
     }
 }

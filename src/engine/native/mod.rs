@@ -17,6 +17,7 @@
 
 mod inbox;
 mod keys;
+mod partition;
 mod pipeline;
 mod scripts;
 
@@ -25,7 +26,7 @@ use super::local::LocalClients;
 use super::{ConnectError, Engine, EngineError, EngineObserver, PublishReceipt, SharedEnvelope, SubscribeOutcome};
 use crate::clock::unix_ms as now_ms;
 use crate::protocol::client_id;
-use crate::redis_conn::{RedisEndpoint, TimedConnection};
+use crate::redis_conn::{RedisEndpoint, RedisKind, TimedConnection};
 use crate::telemetry::Metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -72,18 +73,40 @@ const GC_LOCK: Duration = Duration::from_secs(120);
 /// Clients re-recorded per round trip after redis lost its data.
 const REASSERT_BATCH: usize = 200;
 
+/// One partition of the layout (see `partition.rs`): one on a single redis, one per master
+/// on a Redis Cluster.
+pub(crate) struct Part {
+    keys: Keys,
+    /// This node's inbox in this partition.
+    inbox: String,
+    /// Every command of the partition but the inbox reads goes through this one ordered
+    /// pipeline.
+    pipeline: pipeline::Pipeline,
+    /// The partition's clients held here.
+    local: LocalClients,
+    /// Asks the partition's inbox reader to check whether redis lost the inbox (then it
+    /// reads the new one from its start).
+    inbox_check: AtomicBool,
+}
+
+impl Part {
+    fn con(&self) -> pipeline::Pipeline {
+        self.pipeline.clone()
+    }
+}
+
 pub(crate) struct Inner {
     endpoint: RedisEndpoint,
-    /// Every command but the inbox reads goes through this one ordered pipeline.
-    pipeline: pipeline::Pipeline,
+    /// For commands outside any partition (layout claim, script loads, the GC lock, PING).
+    direct: TimedConnection,
     metrics: Arc<Metrics>,
+    /// Keys outside any partition.
     keys: Keys,
+    /// The partitions; a client's is `partition::index(id, parts.len())`.
+    parts: Vec<Part>,
     namespace: String,
     /// This node's id in the layout (random per start).
     node_id: String,
-    /// This node's inbox key.
-    inbox: String,
-    local: LocalClients,
     timeout: Duration,
     gc_interval: Duration,
     inbox_max_len: usize,
@@ -95,9 +118,6 @@ pub(crate) struct Inner {
     /// True once the first heartbeat recorded this node: a later one that finds it missing
     /// means redis lost its data.
     registered: AtomicBool,
-    /// Asks the inbox reader to check whether redis lost the inbox (then it reads the new one
-    /// from its start).
-    inbox_check: AtomicBool,
 }
 
 /// Engine of the native redis layout.
@@ -112,18 +132,41 @@ impl NativeEngine {
     pub async fn connect(settings: NativeSettings) -> Result<Self, ConnectError> {
         let endpoint = RedisEndpoint::parse(&settings.url)?;
         let con = endpoint.commands().await?;
+        let mut direct = TimedConnection { inner: con, metrics: settings.metrics.clone() };
         let node_id = client_id::generate();
         let keys = Keys::new(&settings.namespace);
-        let pipeline = pipeline::Pipeline::start(TimedConnection { inner: con, metrics: settings.metrics.clone() });
+        let on_cluster = endpoint.kind() == RedisKind::Cluster;
+        let unavailable = |e: redis::RedisError| LayoutError::Unavailable {
+            namespace: settings.namespace.clone(),
+            source: EngineError::Unavailable(e.to_string()),
+        };
+        let part_keys = if on_cluster {
+            layout_guard::claim_on_cluster(&mut direct, &settings.namespace, Layout::Native).await?;
+            let tags = partition::cluster_tags(&mut direct, &keys.partitions()).await.map_err(unavailable)?;
+            tracing::info!(partitions = %tags.join(","), "native layout on a Redis Cluster");
+            tags.iter().map(|tag| Keys::partition(&settings.namespace, tag)).collect()
+        } else {
+            layout_guard::claim(&mut direct, &settings.namespace, Layout::Native).await?;
+            vec![keys.clone()]
+        };
+        let parts = part_keys
+            .into_iter()
+            .map(|keys| Part {
+                inbox: keys.inbox(&node_id),
+                keys,
+                pipeline: pipeline::Pipeline::start(direct.clone()),
+                local: LocalClients::new(settings.max_queue_bytes),
+                inbox_check: AtomicBool::new(false),
+            })
+            .collect();
         let inner = Arc::new(Inner {
             endpoint,
-            pipeline,
+            direct,
             metrics: settings.metrics,
-            inbox: keys.inbox(&node_id),
             keys,
+            parts,
             namespace: settings.namespace,
             node_id,
-            local: LocalClients::new(settings.max_queue_bytes),
             timeout: settings.timeout,
             gc_interval: settings.gc_interval,
             inbox_max_len: settings.inbox_max_len.max(1),
@@ -131,9 +174,7 @@ impl NativeEngine {
             healthy: AtomicBool::new(true),
             departures: Notify::new(),
             registered: AtomicBool::new(false),
-            inbox_check: AtomicBool::new(false),
         });
-        layout_guard::claim(&mut inner.con(), &inner.namespace, Layout::Native).await?;
         inner
             .load_publish_script()
             .await
@@ -157,8 +198,19 @@ impl NativeEngine {
 }
 
 impl Inner {
-    fn con(&self) -> pipeline::Pipeline {
-        self.pipeline.clone()
+    /// The connection for commands outside any partition.
+    fn direct(&self) -> TimedConnection {
+        self.direct.clone()
+    }
+
+    /// The partition of a client.
+    fn part(&self, client_id: &str) -> &Part {
+        &self.parts[partition::index(client_id, self.parts.len())]
+    }
+
+    /// How many clients this node holds.
+    fn local_len(&self) -> usize {
+        self.parts.iter().map(|p| p.local.len()).sum()
     }
 
     fn check<T>(&self, result: redis::RedisResult<T>) -> Result<T, EngineError> {
@@ -190,24 +242,36 @@ impl Inner {
     /// Records that this node is alive. When redis no longer knew it (redis lost its data),
     /// claims the namespace again and records every client held here anew.
     async fn heartbeat(&self) -> Result<(), EngineError> {
-        let known: i64 = self.check(
-            scripts::HEARTBEAT
-                .key(self.keys.nodes())
-                .arg(&self.node_id)
-                .arg(now_ms())
-                .invoke_async(&mut self.con())
-                .await,
-        )?;
+        // Known only if every partition knows it (on a Redis Cluster one shard may lose its data).
+        let mut known = 1;
+        for part in &self.parts {
+            let beat: i64 = self.check(
+                scripts::HEARTBEAT
+                    .key(part.keys.nodes())
+                    .arg(&self.node_id)
+                    .arg(now_ms())
+                    .invoke_async(&mut part.con())
+                    .await,
+            )?;
+            known = known.min(beat);
+        }
         if known == 0 && self.registered.swap(true, Ordering::Relaxed) {
-            tracing::warn!(clients = self.local.len(), "redis lost this node's records; recording its clients again");
+            tracing::warn!(clients = self.local_len(), "redis lost this node's records; recording its clients again");
             self.metrics.redis_reconnect();
-            if let Err(e) = layout_guard::claim(&mut self.con(), &self.namespace, Layout::Native).await {
+            let claimed = if self.parts.len() > 1 || self.endpoint.kind() == RedisKind::Cluster {
+                layout_guard::claim_on_cluster(&mut self.direct(), &self.namespace, Layout::Native).await
+            } else {
+                layout_guard::claim(&mut self.direct(), &self.namespace, Layout::Native).await
+            };
+            if let Err(e) = claimed {
                 tracing::error!(error = %e, "cannot claim the namespace again after redis lost its data");
             }
             // Publishes are sent without waiting, so their script must be there beforehand.
             self.load_publish_script().await?;
             // Its inbox went too: read the new one from its start.
-            self.inbox_check.store(true, Ordering::Relaxed);
+            for part in &self.parts {
+                part.inbox_check.store(true, Ordering::Relaxed);
+            }
             self.reassert().await?;
         }
         Ok(())
@@ -216,39 +280,48 @@ impl Inner {
     /// Loads the publish script, so that publishes sent back to back find it (one that does
     /// not sends the script itself, out of its connection's order).
     async fn load_publish_script(&self) -> Result<(), EngineError> {
-        let loaded: redis::RedisResult<String> = scripts::PUBLISH.prepare_invoke().load_async(&mut self.con()).await;
+        // Keyless: on a Redis Cluster it loads on every master.
+        let loaded: redis::RedisResult<String> = scripts::PUBLISH.prepare_invoke().load_async(&mut self.direct()).await;
         self.check(loaded).map(|_| ())
     }
 
     /// Writes the records of every client held here that redis no longer has; lets go of
     /// those another node owns now.
     async fn reassert(&self) -> Result<(), EngineError> {
-        let ids = self.local.ids();
+        for part in &self.parts {
+            self.reassert_part(part).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Inner::reassert`] for one partition (its pipelines stay in its slot).
+    async fn reassert_part(&self, part: &Part) -> Result<(), EngineError> {
+        let ids = part.local.ids();
         for chunk in ids.chunks(REASSERT_BATCH) {
             let mut pipe = redis::pipe();
             let mut sent = Vec::with_capacity(chunk.len());
             for id in chunk {
-                let Some(subscriptions) = self.local.subscriptions(id) else { continue };
+                let Some(subscriptions) = part.local.subscriptions(id) else { continue };
                 // EVALSHA by hand: a pipeline cannot carry a script invocation. The script is
                 // loaded first, below.
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(scripts::REASSERT.get_hash())
                     .arg(3)
-                    .arg(self.keys.clients())
-                    .arg(self.keys.client(id))
-                    .arg(self.keys.client_subscriptions(id))
+                    .arg(part.keys.clients())
+                    .arg(part.keys.client(id))
+                    .arg(part.keys.client_subscriptions(id))
                     .arg(&**id)
                     .arg(&self.node_id)
                     .arg(now_ms())
-                    .arg(self.keys.interest_prefix());
+                    .arg(part.keys.interest_prefix());
                 for channel in &subscriptions {
                     cmd.arg(&**channel);
                 }
                 sent.push(id.clone());
             }
-            let _: String = self.check(scripts::REASSERT.prepare_invoke().load_async(&mut self.con()).await)?;
-            let answers: Vec<i64> = self.check(pipe.query_async(&mut self.con()).await)?;
+            let _: String = self.check(scripts::REASSERT.prepare_invoke().load_async(&mut self.direct()).await)?;
+            let answers: Vec<i64> = self.check(pipe.query_async(&mut part.con()).await)?;
             for (id, answer) in sent.iter().zip(answers) {
                 if answer == 0 {
                     self.let_go(id);
@@ -260,7 +333,7 @@ impl Inner {
 
     /// The client is no longer this node's: drop it and release what the node holds for it.
     fn let_go(&self, id: &str) -> Option<super::local::Removed> {
-        let removed = self.local.remove(id)?;
+        let removed = self.part(id).local.remove(id)?;
         if let Some(o) = self.observer() {
             o.client_closed(id);
         }
@@ -269,19 +342,20 @@ impl Inner {
     }
 
     async fn destroy(&self, client_id: &str) -> Result<bool, EngineError> {
+        let part = self.part(client_id);
         let result: redis::RedisResult<Vec<redis::Value>> = scripts::DESTROY
-            .key(self.keys.clients())
-            .key(self.keys.client(client_id))
-            .key(self.keys.client_subscriptions(client_id))
+            .key(part.keys.clients())
+            .key(part.keys.client(client_id))
+            .key(part.keys.client_subscriptions(client_id))
             .arg(client_id)
-            .arg(self.keys.interest_prefix())
-            .arg(self.keys.inbox_prefix())
+            .arg(part.keys.interest_prefix())
+            .arg(part.keys.inbox_prefix())
             .arg(self.inbox_max_len)
-            .invoke_async(&mut self.con())
+            .invoke_async(&mut part.con())
             .await;
         let values = self.check(result)?;
         let existed = matches!(values.first(), Some(redis::Value::Int(1)));
-        if self.local.remove(client_id).is_some() {
+        if part.local.remove(client_id).is_some() {
             self.departures.notify_waiters();
         }
         if let Some(o) = self.observer() {
@@ -300,33 +374,34 @@ impl Inner {
     /// Moves a client that connected here from its owner to this node.
     async fn take_over(self: &Arc<Self>, client_id: &str) -> Result<(), EngineError> {
         // Present before the script runs, so the `T` entry finds it however fast the reader is.
-        if !self.local.insert_moving(client_id) {
+        let part = self.part(client_id);
+        if !part.local.insert_moving(client_id) {
             return Ok(());
         }
         let result: redis::RedisResult<Vec<redis::Value>> = scripts::TAKE_OVER
-            .key(self.keys.clients())
-            .key(self.keys.client(client_id))
-            .key(self.keys.client_subscriptions(client_id))
-            .key(self.keys.nodes())
+            .key(part.keys.clients())
+            .key(part.keys.client(client_id))
+            .key(part.keys.client_subscriptions(client_id))
+            .key(part.keys.nodes())
             .arg(client_id)
             .arg(&self.node_id)
             .arg(now_ms())
-            .arg(self.keys.interest_prefix())
-            .arg(self.keys.inbox_prefix())
+            .arg(part.keys.interest_prefix())
+            .arg(part.keys.inbox_prefix())
             .arg(self.inbox_max_len)
-            .invoke_async(&mut self.con())
+            .invoke_async(&mut part.con())
             .await;
         let values = match self.check(result) {
             Ok(values) => values,
             Err(e) => {
-                self.local.remove(client_id);
+                part.local.remove(client_id);
                 return Err(e);
             }
         };
         let int = |i: usize| values.get(i).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok());
         if int(0) != Some(1) {
             // Destroyed meanwhile: nothing to take over.
-            self.local.remove(client_id);
+            part.local.remove(client_id);
             return Ok(());
         }
         let previous = values.get(1).and_then(|v| redis::from_redis_value_ref::<String>(v).ok()).unwrap_or_default();
@@ -349,7 +424,7 @@ impl Inner {
         tokio::spawn(async move {
             tokio::time::sleep(HANDOFF_WAIT).await;
             if let Some(inner) = inner.upgrade()
-                && inner.local.is_held(&id)
+                && inner.part(&id).local.is_held(&id)
                 && inner.release(&id, epoch, Vec::new())
             {
                 tracing::warn!(client_id = %id, from = %previous, "previous node did not hand the session over in time");
@@ -371,7 +446,7 @@ impl Inner {
 
     /// Ends the hold of a moved client (see [`LocalClients::release`]) and wakes its connection.
     fn release(&self, client_id: &str, epoch: u64, earlier: Vec<SharedEnvelope>) -> bool {
-        if !self.local.release(client_id, epoch, earlier) {
+        if !self.part(client_id).local.release(client_id, epoch, earlier) {
             return false;
         }
         if let Some(o) = self.observer() {
@@ -380,18 +455,19 @@ impl Inner {
         true
     }
 
-    /// Queues a message read from the inbox for every local client it matches; the clients
-    /// to wake are added to `wakes` (woken once per read batch, so each socket gets the
-    /// batch in one write).
-    fn deliver(self: &Arc<Self>, envelope: SharedEnvelope, wakes: &mut Vec<Arc<str>>) {
+    /// Queues a message read from partition `part`'s inbox for every local client of that
+    /// partition it matches; the clients to wake are added to `wakes` (woken once per read
+    /// batch, so each socket gets the batch in one write).
+    fn deliver(self: &Arc<Self>, part: usize, envelope: SharedEnvelope, wakes: &mut Vec<Arc<str>>) {
         let patterns = envelope.patterns();
         let observer = self.observer();
-        let slow = self.local.fan_out(&envelope, &patterns, |id| wakes.push(id.clone()));
+        let local = &self.parts[part].local;
+        let slow = local.fan_out(&envelope, &patterns, |id| wakes.push(id.clone()));
         for (id, queued_bytes) in slow {
             if let Some(o) = observer {
                 o.slow_consumer(&id, queued_bytes);
             }
-            self.local.remove(&id);
+            local.remove(&id);
             let inner = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = inner.destroy(&id).await {
@@ -404,7 +480,7 @@ impl Inner {
     /// One garbage collection pass under the layout's lock: expired clients, then the inboxes
     /// of nodes that stopped beating.
     async fn gc(&self) -> Result<usize, EngineError> {
-        let mut con = self.con();
+        let mut con = self.direct();
         let lock = self.keys.gc_lock();
         let acquired: Option<String> = self.check(
             redis::cmd("SET")
@@ -421,24 +497,26 @@ impl Inner {
         }
         let now = now_ms();
         let cutoff = now - 2 * self.timeout.as_millis() as i64;
-        let stale: Vec<String> = self.check(con.zrangebyscore(self.keys.clients(), 0, cutoff).await)?;
         let mut collected = 0;
-        for id in &stale {
-            if self.destroy(id).await? {
-                collected += 1;
+        for part in &self.parts {
+            let stale: Vec<String> = self.check(part.con().zrangebyscore(part.keys.clients(), 0, cutoff).await)?;
+            for id in &stale {
+                if self.destroy(id).await? {
+                    collected += 1;
+                }
             }
-        }
-        let dead: Vec<String> = self.check(con.zrangebyscore(self.keys.nodes(), 0, cutoff).await)?;
-        for node in dead.iter().filter(|n| **n != self.node_id) {
-            let _: () = self.check(
-                redis::pipe()
-                    .atomic()
-                    .del(self.keys.inbox(node))
-                    .zrem(self.keys.nodes(), node)
-                    .query_async(&mut con)
-                    .await,
-            )?;
-            tracing::info!(node = %node, "removed the inbox of a node that stopped");
+            let dead: Vec<String> = self.check(part.con().zrangebyscore(part.keys.nodes(), 0, cutoff).await)?;
+            for node in dead.iter().filter(|n| **n != self.node_id) {
+                let _: () = self.check(
+                    redis::pipe()
+                        .atomic()
+                        .del(part.keys.inbox(node))
+                        .zrem(part.keys.nodes(), node)
+                        .query_async(&mut part.con())
+                        .await,
+                )?;
+                tracing::info!(node = %node, "removed the inbox of a node that stopped");
+            }
         }
         let _: redis::RedisResult<()> = con.del(&lock).await;
         if collected > 0 {
@@ -455,7 +533,9 @@ impl Engine for NativeEngine {
     }
 
     fn start(&self, shutdown: CancellationToken) {
-        tokio::spawn(inbox::run(Arc::downgrade(&self.inner), shutdown.clone()));
+        for part in 0..self.inner.parts.len() {
+            tokio::spawn(inbox::run(Arc::downgrade(&self.inner), part, shutdown.clone()));
+        }
         let inner = Arc::downgrade(&self.inner);
         crate::periodic::every(HEARTBEAT, shutdown.clone(), move || {
             let inner = inner.upgrade();
@@ -483,24 +563,25 @@ impl Engine for NativeEngine {
     async fn create_client(&self) -> Result<String, EngineError> {
         loop {
             let id = client_id::generate();
-            if !self.inner.local.insert(&id) {
+            let part = self.inner.part(&id);
+            if !part.local.insert(&id) {
                 continue;
             }
             let created: redis::RedisResult<i64> = scripts::CREATE
-                .key(self.inner.keys.clients())
-                .key(self.inner.keys.client(&id))
+                .key(part.keys.clients())
+                .key(part.keys.client(&id))
                 .arg(&id)
                 .arg(&self.inner.node_id)
                 .arg(now_ms())
-                .invoke_async(&mut self.inner.con())
+                .invoke_async(&mut part.con())
                 .await;
             match self.inner.check(created) {
                 Ok(1) => return Ok(id),
                 Ok(_) => {
-                    self.inner.local.remove(&id);
+                    part.local.remove(&id);
                 }
                 Err(e) => {
-                    self.inner.local.remove(&id);
+                    part.local.remove(&id);
                     return Err(e);
                 }
             }
@@ -517,35 +598,38 @@ impl Engine for NativeEngine {
         credentials: Option<Bytes>,
         ttl: Duration,
     ) -> Result<(), EngineError> {
-        let key = self.inner.keys.client_credentials(client_id);
-        self.inner.check(crate::engine::credentials::store(&mut self.inner.con(), &key, credentials, ttl).await)
+        let part = self.inner.part(client_id);
+        let key = part.keys.client_credentials(client_id);
+        self.inner.check(crate::engine::credentials::store(&mut part.con(), &key, credentials, ttl).await)
     }
 
     async fn credentials(&self, client_id: &str) -> Result<Option<Bytes>, EngineError> {
-        let key = self.inner.keys.client_credentials(client_id);
-        self.inner.check(crate::engine::credentials::load(&mut self.inner.con(), &key).await)
+        let part = self.inner.part(client_id);
+        let key = part.keys.client_credentials(client_id);
+        self.inner.check(crate::engine::credentials::load(&mut part.con(), &key).await)
     }
 
     async fn client_exists(&self, client_id: &str) -> Result<bool, EngineError> {
-        let score: Option<f64> =
-            self.inner.check(self.inner.con().zscore(self.inner.keys.clients(), client_id).await)?;
+        let part = self.inner.part(client_id);
+        let score: Option<f64> = self.inner.check(part.con().zscore(part.keys.clients(), client_id).await)?;
         Ok(score.is_some_and(|s| s as i64 > self.inner.exists_cutoff()))
     }
 
     async fn ping(&self, client_id: &str) -> Result<(), EngineError> {
+        let part = self.inner.part(client_id);
         let r: redis::RedisResult<i64> = redis::cmd("ZADD")
-            .arg(self.inner.keys.clients())
+            .arg(part.keys.clients())
             .arg("XX")
             .arg(now_ms())
             .arg(client_id)
-            .query_async(&mut self.inner.con())
+            .query_async(&mut part.con())
             .await;
         self.inner.check(r).map(|_| ())
     }
 
     /// The client's session moves here if another node owns it.
     async fn claim(&self, client_id: &str) -> Result<(), EngineError> {
-        if self.inner.local.contains(client_id) {
+        if self.inner.part(client_id).local.contains(client_id) {
             return Ok(());
         }
         self.inner.take_over(client_id).await
@@ -557,16 +641,17 @@ impl Engine for NativeEngine {
         channel: &str,
         max: usize,
     ) -> Result<SubscribeOutcome, EngineError> {
+        let part = self.inner.part(client_id);
         let r: redis::RedisResult<i64> = scripts::SUBSCRIBE
-            .key(self.inner.keys.client(client_id))
-            .key(self.inner.keys.client_subscriptions(client_id))
-            .key(self.inner.keys.interest(channel))
+            .key(part.keys.client(client_id))
+            .key(part.keys.client_subscriptions(client_id))
+            .key(part.keys.interest(channel))
             .arg(channel)
             .arg(client_id)
             .arg(max.min(i64::MAX as usize) as i64)
-            .arg(self.inner.keys.inbox_prefix())
+            .arg(part.keys.inbox_prefix())
             .arg(self.inner.inbox_max_len)
-            .invoke_async(&mut self.inner.con())
+            .invoke_async(&mut part.con())
             .await;
         Ok(match self.inner.check(r)? {
             1 => {
@@ -581,15 +666,16 @@ impl Engine for NativeEngine {
     }
 
     async fn unsubscribe(&self, client_id: &str, channel: &str) -> Result<bool, EngineError> {
+        let part = self.inner.part(client_id);
         let r: redis::RedisResult<i64> = scripts::UNSUBSCRIBE
-            .key(self.inner.keys.client(client_id))
-            .key(self.inner.keys.client_subscriptions(client_id))
-            .key(self.inner.keys.interest(channel))
+            .key(part.keys.client(client_id))
+            .key(part.keys.client_subscriptions(client_id))
+            .key(part.keys.interest(channel))
             .arg(channel)
             .arg(client_id)
-            .arg(self.inner.keys.inbox_prefix())
+            .arg(part.keys.inbox_prefix())
             .arg(self.inner.inbox_max_len)
-            .invoke_async(&mut self.inner.con())
+            .invoke_async(&mut part.con())
             .await;
         let removed = self.inner.check(r)? == 1;
         if removed && let Some(o) = self.inner.observer() {
@@ -605,11 +691,11 @@ impl Engine for NativeEngine {
         }
     }
 
-    /// One `EVALSHA` of [`scripts::PUBLISH`], queued on the engine's pipeline at once.
+    /// One `EVALSHA` of [`scripts::PUBLISH`] per partition, each queued on its partition's
+    /// pipeline at once (one in all on a single redis).
     fn start_publish(&self, envelope: &SharedEnvelope) -> Option<PublishReceipt> {
         let patterns = envelope.patterns();
-        let keys = &self.inner.keys;
-        let call = |command: &str, script: &str| {
+        let call = |keys: &Keys, command: &str, script: &str| {
             let mut cmd = redis::cmd(command);
             cmd.arg(script).arg(patterns.len());
             for pattern in &patterns {
@@ -621,35 +707,45 @@ impl Engine for NativeEngine {
                 .arg(if envelope.reaches_root_wildcard() { "1" } else { "0" });
             cmd
         };
-        let sent = self.inner.pipeline.send(call("EVALSHA", scripts::PUBLISH.get_hash()));
-        // Redis lost its scripts (a restart): the script itself goes instead, which loads it.
-        let reload = call("EVAL", scripts::PUBLISH_SOURCE);
+        let mut sent = Vec::with_capacity(self.inner.parts.len());
+        for (i, part) in self.inner.parts.iter().enumerate() {
+            let answer = part.pipeline.send(call(&part.keys, "EVALSHA", scripts::PUBLISH.get_hash()));
+            // Redis lost its scripts (a restart): the script itself goes instead, which loads it.
+            let reload = call(&part.keys, "EVAL", scripts::PUBLISH_SOURCE);
+            sent.push((i, answer, reload));
+        }
         let inner = self.inner.clone();
         Some(Box::pin(async move {
-            let result = match sent.await {
-                Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    reload.query_async::<redis::Value>(&mut inner.con()).await
+            let mut outcome = Ok(());
+            for (i, answer, reload) in sent {
+                let result = match answer.await {
+                    Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        reload.query_async::<redis::Value>(&mut inner.parts[i].con()).await
+                    }
+                    Ok(result) => result,
+                    Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "engine pipeline stopped",
+                    ))),
+                };
+                if let Err(e) = inner.check(result) {
+                    outcome = Err(e);
                 }
-                Ok(result) => result,
-                Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::BrokenPipe,
-                    "engine pipeline stopped",
-                ))),
-            };
-            inner.check(result).map(|_| ())
+            }
+            outcome
         }))
     }
 
     async fn take_queued(&self, client_id: &str) -> Result<Vec<SharedEnvelope>, EngineError> {
-        Ok(self.inner.local.take(client_id))
+        Ok(self.inner.part(client_id).local.take(client_id))
     }
 
     fn queued_messages(&self) -> Option<u64> {
-        Some(self.inner.local.queued_messages())
+        Some(self.inner.parts.iter().map(|p| p.local.queued_messages()).sum())
     }
 
     async fn health(&self) -> Result<(), EngineError> {
-        let r: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut self.inner.con()).await;
+        let r: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut self.inner.direct()).await;
         self.inner.check(r).map(|_| ())
     }
 
@@ -658,7 +754,7 @@ impl Engine for NativeEngine {
             return Ok(());
         }
         let count = envelopes.len();
-        if self.inner.local.requeue(client_id, envelopes) {
+        if self.inner.part(client_id).local.requeue(client_id, envelopes) {
             if let Some(o) = self.inner.observer() {
                 o.messages_waiting(client_id);
             }
@@ -672,18 +768,20 @@ impl Engine for NativeEngine {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let departed = self.inner.departures.notified();
-            if self.inner.local.len() == 0 {
+            if self.inner.local_len() == 0 {
                 break;
             }
             if tokio::time::timeout_at(deadline, departed).await.is_err() {
-                tracing::warn!(clients = self.inner.local.len(), "shutdown: clients still held here are dropped");
+                tracing::warn!(clients = self.inner.local_len(), "shutdown: clients still held here are dropped");
                 break;
             }
         }
         // Leave: nodes taking over the rest need not wait for this one.
-        let r: redis::RedisResult<()> = self.inner.con().zrem(self.inner.keys.nodes(), &self.inner.node_id).await;
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "could not leave the node set");
+        for part in &self.inner.parts {
+            let r: redis::RedisResult<()> = part.con().zrem(part.keys.nodes(), &self.inner.node_id).await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "could not leave the node set");
+            }
         }
     }
 }

@@ -2,7 +2,9 @@
 //! issued, and a driver sends whatever has queued up as one pipeline, in queue order. So one
 //! round trip carries many clients' commands under load, and a connection's publishes can be
 //! on their way while it reads its next frame, still reaching redis in the order they were
-//! issued, ahead of anything the same connection does next.
+//! issued, ahead of anything the same connection does next. On a Redis Cluster each
+//! partition of the layout has its own pipeline, whose commands all go to the partition's
+//! slot.
 
 use crate::redis_conn::TimedConnection;
 use redis::Value;
@@ -55,6 +57,17 @@ async fn drive(mut con: TimedConnection, mut requests: mpsc::UnboundedReceiver<R
                 Ok(request) => batch.push(request),
                 Err(_) => break,
             }
+        }
+        // A lone command goes as itself: on a Redis Cluster a keyless one (SCRIPT LOAD) is
+        // then routed by its own rule (every master) rather than as a pipeline.
+        if batch.len() == 1
+            && let Some(request) = batch.pop()
+        {
+            // A server error comes back as a value here: make it the error it is (a
+            // pipeline with `ignore_errors` does the same for each of its answers).
+            let result = con.req_packed_command(&request.cmd).await.and_then(Value::extract_error);
+            let _ = request.reply.send(result);
+            continue;
         }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();

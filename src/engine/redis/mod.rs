@@ -10,13 +10,12 @@ mod scripts;
 
 use super::{ConnectError, Engine, EngineError, EngineObserver, Envelope, SharedEnvelope, SubscribeOutcome};
 use crate::protocol::client_id;
-use crate::redis_conn::{RedisEndpoint, TimedConnection};
+use crate::redis_conn::{CommandConnection, RedisEndpoint, TimedConnection};
 use crate::telemetry::Metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use keys::Keys;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -47,7 +46,7 @@ const GC_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub(crate) struct Inner {
     endpoint: RedisEndpoint,
-    con: ConnectionManager,
+    con: CommandConnection,
     metrics: Arc<Metrics>,
     keys: Keys,
     timeout: Duration,
@@ -226,6 +225,10 @@ impl RedisEngine {
     /// Connects the command connection; the pub/sub listener starts with [`Engine::start`].
     pub async fn connect(settings: RedisSettings) -> Result<Self, ConnectError> {
         let endpoint = RedisEndpoint::parse(&settings.url)?;
+        endpoint.refuse_cluster(
+            "the faye layout (faye-redis's keys and scripts)",
+            "use --redis-layout native, or a plain or Sentinel redis",
+        )?;
         let mut con = endpoint.commands().await?;
         crate::engine::layout_guard::claim(&mut con, &settings.namespace, crate::engine::layout_guard::Layout::Faye)
             .await?;
