@@ -2,7 +2,7 @@
 //! routes a publish to the nodes that want it.
 //!
 //! - A client's session (subscriptions, queue) lives on the node that holds its connection,
-//!   its owner, in the same structure the memory engine uses ([`LocalClients`]). Redis
+//!   its owner, in the same structure the memory engine uses (`LocalClients`). Redis
 //!   records the owner, an epoch and the subscriptions, so any node can take the session over.
 //! - For each channel or pattern, an interest hash counts how many of each node's clients
 //!   subscribe to it. A publish (one script) appends the message once to the inbox stream of
@@ -10,7 +10,7 @@
 //! - Each node reads its inbox in order from its last offset, so a dropped connection loses
 //!   nothing, and applies session changes (subscribe, move, destroy) that scripts append to
 //!   the same stream: a change and the messages around it are seen in the order redis saw them.
-//! - A client that shows up on another node is taken over ([`scripts::TAKE_OVER`]): the old
+//! - A client that shows up on another node is taken over (`scripts::TAKE_OVER`): the old
 //!   owner hands over what it still held, which is delivered before anything newer.
 //!
 //! See `scripts.rs` for the inbox entries and the README's redis section for the key layout.
@@ -691,7 +691,7 @@ impl Engine for NativeEngine {
         }
     }
 
-    /// One `EVALSHA` of [`scripts::PUBLISH`] per partition, each queued on its partition's
+    /// One `EVALSHA` of `scripts::PUBLISH` per partition, each queued on its partition's
     /// pipeline at once (one in all on a single redis).
     fn start_publish(&self, envelope: &SharedEnvelope) -> Option<PublishReceipt> {
         let patterns = envelope.patterns();
