@@ -6,7 +6,6 @@
 use crate::wire::{self, LpClient, WAIT, WsClient, publish};
 use actioncluster::{Config, Node};
 use serde_json::{Value, json};
-use std::time::Duration;
 
 /// A node started from `config`.
 pub async fn node(config: &Config) -> Node {
@@ -86,28 +85,7 @@ pub async fn unsubscribing_through_another_node_stops_delivery(config: &Config) 
 pub async fn long_polling_client_hopping_between_nodes_gets_every_message_once_in_order(config: &Config) {
     let nodes = [node(config).await, node(config).await, node(config).await];
     let addrs: Vec<_> = nodes.iter().map(|n| n.local_addr()).collect();
-    let client = LpClient::handshake(addrs[0]).await;
-    client.subscribe(addrs[1], "/hop").await;
-    const N: i64 = 200;
-    let pub_addrs = addrs.clone();
-    let publisher = tokio::spawn(async move {
-        for i in 0..N {
-            let ack = publish(pub_addrs[(i % 3) as usize], "/hop", json!(i)).await;
-            assert_eq!(ack["successful"], json!(true));
-        }
-    });
-    let mut received = Vec::new();
-    let mut request = 0usize;
-    let collect = async {
-        while (received.len() as i64) < N {
-            let got = client.connect(addrs[request % 2], 200).await;
-            request += 1;
-            received.extend(got.into_iter().map(|m| m["data"].as_i64().unwrap()));
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), collect).await.expect("all messages arrive");
-    publisher.await.unwrap();
-    assert_eq!(received, (0..N).collect::<Vec<_>>(), "every message once, in order");
+    let request = wire::hop_between_nodes(&addrs, 2, 200).await;
     let moved: u64 =
         nodes.iter().map(|n| metric(&n.server().render_metrics(true), "actioncluster_sessions_moved_total")).sum();
     assert!(moved >= 2, "the session really moved between nodes ({moved} moves in {request} connects)");

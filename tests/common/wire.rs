@@ -81,6 +81,34 @@ pub async fn publish(addr: SocketAddr, channel: &str, data: Value) -> Value {
     reply[0].clone()
 }
 
+/// A long-polling client subscribed to `/hop` on `addrs[1]` whose connects go round
+/// `addrs[..connect_over]` while `n` numbers are published round all of `addrs`: asserts it
+/// gets every number once, in order, and returns how many connects it made.
+pub async fn hop_between_nodes(addrs: &[SocketAddr], connect_over: usize, n: i64) -> usize {
+    let client = LpClient::handshake(addrs[0]).await;
+    client.subscribe(addrs[1], "/hop").await;
+    let pub_addrs = addrs.to_vec();
+    let publisher = tokio::spawn(async move {
+        for i in 0..n {
+            let ack = publish(pub_addrs[i as usize % pub_addrs.len()], "/hop", json!(i)).await;
+            assert_eq!(ack["successful"], json!(true));
+        }
+    });
+    let mut received = Vec::new();
+    let mut request = 0usize;
+    let collect = async {
+        while (received.len() as i64) < n {
+            let got = client.connect(addrs[request % connect_over], 200).await;
+            request += 1;
+            received.extend(got.into_iter().map(|m| m["data"].as_i64().unwrap()));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), collect).await.expect("all messages arrive");
+    publisher.await.unwrap();
+    assert_eq!(received, (0..n).collect::<Vec<_>>(), "every message once, in order");
+    request
+}
+
 /// A websocket Bayeux client.
 pub struct WsClient {
     pub client_id: String,
