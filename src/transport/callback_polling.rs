@@ -3,7 +3,6 @@
 
 use super::{Body, Shared, bad_request, bayeux_headers, full, request_context, run_batch};
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response};
 use std::net::SocketAddr;
@@ -21,7 +20,7 @@ pub(crate) fn is_valid_callback(name: &str) -> bool {
     })
 }
 
-pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+pub(crate) async fn handle<B>(shared: Arc<Shared>, req: Request<B>, remote: SocketAddr) -> Response<Body> {
     let ctx = request_context(&req, remote);
     let origin: Option<HeaderValue> = shared.cors_origin(req.headers());
     let query = req.uri().query().unwrap_or("");
@@ -41,7 +40,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: 
     if !is_valid_callback(&callback) {
         return bad_request("invalid JSON-P callback");
     }
-    match run_batch(&shared, message.as_bytes(), &ctx).await {
+    match run_batch(&shared, Bytes::from(message), &ctx).await {
         Ok(json) => {
             let json = String::from_utf8_lossy(&json).replace('\u{2028}', "\\u2028").replace('\u{2029}', "\\u2029");
             let body = format!("/**/{callback}({json});");

@@ -6,7 +6,7 @@ use super::{Body, Shared, bad_request};
 use crate::server::{FeedEvent, Server, SocketFeed, SocketHandle};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response};
 use std::convert::Infallible;
@@ -31,7 +31,7 @@ pub(crate) fn is_eventsource<B>(req: &Request<B>) -> bool {
             .is_some_and(|v| v.split(',').any(|t| t.trim() == "text/event-stream"))
 }
 
-pub(crate) async fn open(shared: Arc<Shared>, req: Request<Incoming>, _remote: SocketAddr) -> Response<Body> {
+pub(crate) async fn open<B>(shared: Arc<Shared>, req: Request<B>, _remote: SocketAddr) -> Response<Body> {
     let client_id = req.uri().path().rsplit('/').next().unwrap_or("");
     let socket = SocketHandle { id: next_socket_id() };
     if client_id.is_empty() || !shared.server.attach_socket(client_id, &socket).await {

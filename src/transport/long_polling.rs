@@ -2,13 +2,16 @@
 //! `message` field; the reply is a JSON array.
 
 use super::{Body, Shared, bad_request, bayeux_headers, full, read_body, request_context, run_batch};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+pub(crate) async fn handle<B>(shared: Arc<Shared>, req: Request<B>, remote: SocketAddr) -> Response<Body>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let ctx = request_context(&req, remote);
     let origin: Option<HeaderValue> = shared.cors_origin(req.headers());
     let is_json = req
@@ -40,7 +43,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>, remote: 
             _ => return bad_request("received request with no message"),
         }
     };
-    match run_batch(&shared, &json, &ctx).await {
+    match run_batch(&shared, json, &ctx).await {
         Ok(reply) => {
             let mut resp = Response::new(full(reply));
             bayeux_headers(&mut resp, "application/json; charset=utf-8", origin.as_ref());

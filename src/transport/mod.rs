@@ -4,6 +4,8 @@
 pub mod callback_polling;
 pub mod dashboard;
 pub mod eventsource;
+mod http1;
+mod io;
 pub mod long_polling;
 pub mod server_api;
 #[cfg(feature = "tls")]
@@ -19,7 +21,7 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -155,21 +157,21 @@ pub fn serve(
                 #[cfg(feature = "tls")]
                 if let Some(acceptor) = shared.settings.tls.clone() {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(shared, TokioIo::new(tls), remote, permit.clone()).await,
+                        Ok(Ok(tls)) => http1::serve(shared, io::Io::Other(Box::new(tls)), remote, permit).await,
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
-                    drop(permit);
                     return;
                 }
-                serve_connection(shared, TokioIo::new(stream), remote, permit.clone()).await;
-                drop(permit);
+                http1::serve(shared, io::Io::Tcp(stream), remote, permit).await;
             });
         }
     });
 }
 
-async fn serve_connection<I>(shared: Arc<Shared>, io: I, remote: SocketAddr, slot: ConnectionSlot)
+/// Serves the rest of a connection with hyper: every request that is not the mount path's
+/// Bayeux traffic (metrics, health, status, the dashboard, the server API, the client script).
+async fn serve_with_hyper<I>(shared: Arc<Shared>, io: I, remote: SocketAddr, slot: ConnectionSlot)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -221,13 +223,27 @@ async fn handle(
     if shared.is_script_path(&path) {
         return client_script(&shared).await;
     }
-    let is_preflight = req.method() == Method::OPTIONS
-        || req.headers().get("access-control-request-method").is_some_and(|v| v.as_bytes() == b"POST");
-    if is_preflight {
-        return preflight(&shared, &req);
-    }
-    if websocket::is_upgrade(&req) {
+    if websocket::is_upgrade(&req) && !is_preflight(&req) {
         return websocket::upgrade(shared, req, remote, slot);
+    }
+    handle_mount(shared, req, remote).await
+}
+
+/// A CORS preflight (answered before anything else at the mount path).
+fn is_preflight<B>(req: &Request<B>) -> bool {
+    req.method() == Method::OPTIONS
+        || req.headers().get("access-control-request-method").is_some_and(|v| v.as_bytes() == b"POST")
+}
+
+/// A Bayeux request at the mount path (anything but a websocket upgrade or the client
+/// script), whoever parsed it: the mount's own HTTP/1.1 layer or hyper.
+async fn handle_mount<B>(shared: Arc<Shared>, req: Request<B>, remote: SocketAddr) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if is_preflight(&req) {
+        return preflight(&shared, &req);
     }
     if eventsource::is_eventsource(&req) {
         return eventsource::open(shared, req, remote).await;
@@ -333,7 +349,7 @@ async fn healthz(shared: &Shared) -> Response<Body> {
     }
 }
 
-fn preflight(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+fn preflight<B>(shared: &Shared, req: &Request<B>) -> Response<Body> {
     if shared.settings.cors_origins.is_some()
         && (req.headers().get(header::ORIGIN).is_none() || !shared.origin_allowed(req.headers()))
     {
@@ -402,11 +418,14 @@ pub(crate) fn bayeux_headers(resp: &mut Response<Body>, content_type: &'static s
 /// Parses a Bayeux body and runs it through the server, mapping codec errors to HTTP.
 pub(crate) async fn run_batch(
     shared: &Shared,
-    json: &[u8],
+    json: Bytes,
     ctx: &crate::server::RequestContext,
 ) -> Result<Bytes, Response<Body>> {
     use crate::protocol::codec::{self, CodecError};
-    match codec::decode(json, shared.settings.max_body_bytes) {
+    // The body is let go once decoded: a held connect does not keep it.
+    let decoded = codec::decode(&json, shared.settings.max_body_bytes);
+    drop(json);
+    match decoded {
         Ok(messages) if messages.len() > shared.settings.max_batch_messages => Err(bad_request(&format!(
             "{} messages in one request; at most {} are accepted",
             messages.len(),
@@ -428,7 +447,11 @@ pub(crate) fn request_context<B>(req: &Request<B>, remote: SocketAddr) -> crate:
 }
 
 /// Reads a request body up to the limit.
-pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
+pub(crate) async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, Response<Body>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {

@@ -10,6 +10,7 @@
 
 mod frame;
 
+use super::io::{Io, Prefixed};
 use super::{Body, ConnectionSlot, Shared, bad_request, full, text};
 use crate::protocol::Message;
 use crate::protocol::codec;
@@ -32,7 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// Batches of one websocket that may wait at once (held connects, publishes on their way to
@@ -68,45 +68,23 @@ pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-pub(crate) fn upgrade(
-    shared: Arc<Shared>,
-    mut req: Request<IncomingBody>,
+/// Checks an upgrade request: the `101 Switching Protocols` to answer and the socket's
+/// request context, or the refusal to answer instead.
+pub(crate) fn handshake<B>(
+    shared: &Shared,
+    req: &Request<B>,
     remote: SocketAddr,
-    slot: ConnectionSlot,
-) -> Response<Body> {
+) -> Result<(Response<Body>, RequestContext), Response<Body>> {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
-        return bad_request("websocket upgrade without Sec-WebSocket-Key");
+        return Err(bad_request("websocket upgrade without Sec-WebSocket-Key"));
     };
     if !shared.origin_allowed(req.headers()) {
         // Browsers send Origin on every websocket upgrade and apply no CORS to websockets:
         // the allow-list is the only thing between another site's page and this endpoint.
         tracing::debug!(%remote, origin = ?req.headers().get(header::ORIGIN), "websocket from an origin not in the allow-list");
-        return text(StatusCode::FORBIDDEN, "Forbidden origin");
+        return Err(text(StatusCode::FORBIDDEN, "Forbidden origin"));
     }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let ctx = super::request_context(&req, remote);
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let tracker = shared.tracker.clone();
-    tracker.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let mut reader = frame::Reader::default();
-                // The plain-TCP socket itself, unwrapped: no boxed I/O, and the HTTP layer's
-                // read buffer is let go at once (bytes the client sent early are kept).
-                let io = match upgraded.downcast::<TokioIo<TcpStream>>() {
-                    Ok(parts) => {
-                        reader.push(&parts.read_buf);
-                        Io::Tcp(parts.io.into_inner())
-                    }
-                    Err(upgraded) => Io::Other(Box::new(TokioIo::new(upgraded))),
-                };
-                let conn = Conn { io, reader, out: None, replies: VecDeque::new(), pong: None, ping_due: false };
-                run(&shared, conn, ctx).await;
-                drop(slot); // the websocket no longer counts against max_connections
-            }
-            Err(e) => tracing::debug!(%remote, error = %e, "websocket upgrade failed"),
-        }
-    });
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -115,6 +93,51 @@ pub(crate) fn upgrade(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
+    Ok((resp, super::request_context(req, remote)))
+}
+
+/// Runs an upgraded socket until it closes. `early` holds bytes the client sent after its
+/// upgrade request, read before the socket was handed over.
+pub(crate) async fn run_upgraded(shared: Arc<Shared>, io: Io, early: &[u8], ctx: RequestContext) {
+    let mut reader = frame::Reader::default();
+    reader.push(early);
+    let conn = Conn { io, reader, out: None, replies: VecDeque::new(), pong: None, ping_due: false };
+    run(&shared, conn, ctx).await;
+}
+
+/// An upgrade that reached hyper (a connection hyper already serves): answered by hyper, the
+/// socket taken back from it afterwards.
+pub(crate) fn upgrade(
+    shared: Arc<Shared>,
+    mut req: Request<IncomingBody>,
+    remote: SocketAddr,
+    slot: ConnectionSlot,
+) -> Response<Body> {
+    let (resp, ctx) = match handshake(&shared, &req, remote) {
+        Ok(ok) => ok,
+        Err(refusal) => return refusal,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                // The socket itself, unwrapped: the HTTP layer's read buffer is let go at once
+                // (bytes the client sent early are kept).
+                let (io, early) = match upgraded.downcast::<TokioIo<Prefixed>>() {
+                    Ok(parts) => {
+                        let (mut early, io) = parts.io.into_inner().into_parts();
+                        early.extend_from_slice(&parts.read_buf);
+                        (io, early)
+                    }
+                    Err(upgraded) => (Io::Other(Box::new(TokioIo::new(upgraded))), Vec::new()),
+                };
+                Box::pin(run_upgraded(shared, io, &early, ctx)).await;
+                drop(slot); // the websocket no longer counts against max_connections
+            }
+            Err(e) => tracing::debug!(%remote, error = %e, "websocket upgrade failed"),
+        }
+    });
     resp
 }
 
@@ -392,62 +415,6 @@ async fn cancelled(token: &Option<CancellationToken>) {
     match token {
         Some(t) => t.cancelled().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The socket: a plain TCP stream taken out of the upgrade, or (TLS) the upgraded I/O.
-enum Io {
-    Tcp(TcpStream),
-    Other(Box<TokioIo<hyper::upgrade::Upgraded>>),
-}
-
-impl AsyncRead for Io {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Other(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Other(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Io::Other(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Tcp(s) => s.is_write_vectored(),
-            Io::Other(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Io::Other(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Other(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }
 

@@ -1,0 +1,464 @@
+//! HTTP/1.1 at the mount path, served without hyper's per-connection buffers.
+//!
+//! Idle connections are most of a broker's memory, and at the mount path they are held
+//! long-polls, open EventSource streams and websockets. hyper keeps an 8 KiB read buffer per
+//! connection while a response is pending and an 8 KiB write buffer from the start, so this
+//! layer reads each request head itself, into a buffer that exists only while a request is
+//! arriving, and serves the Bayeux requests (long-polling, callback-polling, EventSource, CORS
+//! preflights and websocket upgrades) on its own. A connection whose next request is anything
+//! else (another path, `HEAD`, HTTP/1.0, a chunked body, `Expect`) is handed to hyper for the
+//! rest of its life, with the bytes already read in front.
+
+use super::io::{Io, Prefixed};
+use super::{Body, ConnectionSlot, Shared};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Largest request head accepted (request line and headers); Faye's JSON-P client keeps its
+/// URLs under 2 KiB.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most headers in one request.
+const MAX_HEADERS: usize = 64;
+/// How long a request may take to arrive, from the moment the connection waits for it (as
+/// hyper's `header_read_timeout`, which this replaces at the mount).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// On shutdown, how long a pending response (a held connect being answered) may take.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Bytes read per system call, into the stack.
+const READ_CHUNK: usize = 4096;
+
+/// Serves one connection until it closes (or hands it to hyper).
+pub(crate) async fn serve(shared: Arc<Shared>, mut io: Io, remote: SocketAddr, slot: ConnectionSlot) {
+    // Bytes read and not yet used: a request arriving, or one the client sent early.
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let head = match read_head(&shared, &mut io, &mut buf).await {
+            Ok(Some((head, len))) => {
+                if !serves(&shared, &head) {
+                    // hyper reads the request again, from its first byte.
+                    let hyper_io = TokioIo::new(Prefixed::new(buf, io));
+                    Box::pin(super::serve_with_hyper(shared, hyper_io, remote, slot)).await;
+                    return;
+                }
+                buf.drain(..len);
+                head
+            }
+            Ok(None) => return,
+            Err(refusal) => {
+                let _ = write_response(&mut io, &mut buf, refusal, true).await;
+                return;
+            }
+        };
+        let keep_alive = !head.wants_close();
+        let req = match read_body(&shared, &mut io, &mut buf, head).await {
+            Ok(Some(req)) => req,
+            Ok(None) => return,
+            Err(refusal) => {
+                let _ = write_response(&mut io, &mut buf, refusal, true).await;
+                return;
+            }
+        };
+        release_if_empty(&mut buf);
+        if super::websocket::is_upgrade(&req) && !super::is_preflight(&req) {
+            match super::websocket::handshake(&shared, &req, remote) {
+                Ok((accept, ctx)) => {
+                    drop(req);
+                    if write_response(&mut io, &mut buf, accept, false).await.is_ok() {
+                        let early = std::mem::take(&mut buf);
+                        Box::pin(super::websocket::run_upgraded(shared, io, &early, ctx)).await;
+                    }
+                    drop(slot);
+                    return;
+                }
+                Err(refusal) => {
+                    let _ = write_response(&mut io, &mut buf, refusal, true).await;
+                    return;
+                }
+            }
+        }
+        let reply = Box::pin(super::handle_mount(shared.clone(), req, remote));
+        let Some(resp) = await_reply(&shared, &mut io, &mut buf, reply).await else {
+            return; // the peer left (the held connect is let go), or shutdown ran out of time
+        };
+        let close = !keep_alive || shared.shutdown.is_cancelled();
+        if write_response(&mut io, &mut buf, resp, close).await.is_err() || close {
+            let _ = io.shutdown().await;
+            return;
+        }
+        release_if_empty(&mut buf);
+    }
+}
+
+/// Lets go of the read buffer's memory when it holds nothing: an idle connection keeps none.
+fn release_if_empty(buf: &mut Vec<u8>) {
+    if buf.is_empty() {
+        *buf = Vec::new();
+    }
+}
+
+/// A parsed request head.
+struct Head {
+    method: Method,
+    uri: Uri,
+    /// `HTTP/1.<minor>`.
+    minor: u8,
+    headers: HeaderMap,
+}
+
+impl Head {
+    /// True when the client asked to close after this request (or speaks HTTP/1.0 without
+    /// keep-alive).
+    fn wants_close(&self) -> bool {
+        let has = |token: &str| {
+            self.headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
+        };
+        if self.minor == 0 { !has("keep-alive") } else { has("close") }
+    }
+}
+
+/// True when this layer serves the request; anything else goes to hyper.
+fn serves(shared: &Shared, head: &Head) -> bool {
+    let path = head.uri.path();
+    head.minor == 1
+        && matches!(head.method, Method::GET | Method::POST | Method::OPTIONS)
+        && shared.is_bayeux_path(path)
+        && !shared.is_script_path(path)
+        && !head.headers.contains_key(header::TRANSFER_ENCODING)
+        && !head.headers.contains_key(header::EXPECT)
+}
+
+/// The outcome of parsing what has arrived so far.
+enum Parsed {
+    /// More bytes are needed.
+    Partial,
+    /// A whole head, `len` bytes long.
+    Head(Head, usize),
+    /// Not a request this server accepts.
+    Invalid(Response<Body>),
+}
+
+/// Parses a request head (the header array lives on the stack only during the call).
+fn parse_head(bytes: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(bytes) {
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Invalid(super::text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request header fields too large",
+            ));
+        }
+        Err(e) => return Parsed::Invalid(super::bad_request(&format!("malformed HTTP request: {e}"))),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Parsed::Invalid(super::bad_request("malformed HTTP request"));
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Invalid(super::bad_request("malformed HTTP method"));
+    };
+    let Ok(uri) = Uri::try_from(target) else {
+        return Parsed::Invalid(super::bad_request("malformed request target"));
+    };
+    let mut map = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value))
+        else {
+            return Parsed::Invalid(super::bad_request("malformed header"));
+        };
+        map.append(name, value);
+    }
+    Parsed::Head(Head { method, uri, minor, headers: map }, len)
+}
+
+/// Reads the next request head (left in `buf`, with its length). `Ok(None)` when the connection should end quietly: the peer
+/// closed or went silent between requests, or the node is shutting down.
+async fn read_head(shared: &Shared, io: &mut Io, buf: &mut Vec<u8>) -> Result<Option<(Head, usize)>, Response<Body>> {
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        if !buf.is_empty() {
+            match parse_head(buf) {
+                Parsed::Head(head, len) => return Ok(Some((head, len))),
+                Parsed::Invalid(refusal) => return Err(refusal),
+                Parsed::Partial if buf.len() >= MAX_HEAD_BYTES => {
+                    return Err(super::text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "Request head too large"));
+                }
+                Parsed::Partial => {}
+            }
+        }
+        let read = tokio::select! {
+            r = std::future::poll_fn(|cx| poll_read_into(io, buf, cx)) => r,
+            _ = shared.shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep_until(deadline) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(super::text(StatusCode::REQUEST_TIMEOUT, "Request timeout"));
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Reads the body the head declares (`Content-Length`, or none) and builds the request.
+async fn read_body(
+    shared: &Shared,
+    io: &mut Io,
+    buf: &mut Vec<u8>,
+    head: Head,
+) -> Result<Option<Request<Full<Bytes>>>, Response<Body>> {
+    let mut lengths = head.headers.get_all(header::CONTENT_LENGTH).iter();
+    let len = match (lengths.next(), lengths.next()) {
+        (None, _) => 0,
+        (Some(v), None) => match v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+            Some(n) => n,
+            None => return Err(super::bad_request("invalid Content-Length")),
+        },
+        (Some(_), Some(_)) => return Err(super::bad_request("more than one Content-Length")),
+    };
+    if len > shared.settings.max_body_bytes {
+        return Err(super::too_large());
+    }
+    if buf.len() < len {
+        buf.reserve_exact(len - buf.len());
+        let read_all = async {
+            while buf.len() < len {
+                match std::future::poll_fn(|cx| poll_read_into(io, buf, cx)).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) => {}
+                }
+            }
+            true
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, read_all).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(_) => return Err(super::text(StatusCode::REQUEST_TIMEOUT, "Request timeout")),
+        }
+    }
+    let body = Bytes::copy_from_slice(&buf[..len]);
+    buf.drain(..len);
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = head.method;
+    *req.uri_mut() = head.uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = head.headers;
+    Ok(Some(req))
+}
+
+/// Reads what the socket has into `buf` (through the stack: nothing is reserved while the
+/// socket is quiet). `Ok(0)` at end of stream.
+fn poll_read_into(io: &mut Io, buf: &mut Vec<u8>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut read = ReadBuf::new(&mut chunk);
+    ready!(Pin::new(io).poll_read(cx, &mut read))?;
+    buf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(read.filled().len()))
+}
+
+/// Watches the socket while a response is pending: resolves when the peer is gone. Bytes it
+/// sends meanwhile (a pipelined request) are kept, up to one request head's worth.
+fn poll_peer_gone(io: &mut Io, buf: &mut Vec<u8>, cx: &mut Context<'_>) -> Poll<()> {
+    loop {
+        if buf.len() >= MAX_HEAD_BYTES {
+            return Poll::Pending;
+        }
+        match ready!(poll_read_into(io, buf, cx)) {
+            Ok(0) | Err(_) => return Poll::Ready(()),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Waits for the reply, watching the peer (a peer that leaves lets its held connect go, as it
+/// does under hyper) and, once shutdown starts, the grace period. `None` when the connection
+/// should end without a reply.
+async fn await_reply(
+    shared: &Shared,
+    io: &mut Io,
+    buf: &mut Vec<u8>,
+    mut reply: Pin<Box<dyn Future<Output = Response<Body>> + Send>>,
+) -> Option<Response<Body>> {
+    tokio::select! {
+        resp = reply.as_mut() => return Some(resp),
+        () = std::future::poll_fn(|cx| poll_peer_gone(io, buf, cx)) => return None,
+        () = shared.shutdown.cancelled() => {}
+    }
+    // Shutting down: the server answers held connects; give it the grace period.
+    tokio::select! {
+        resp = reply.as_mut() => Some(resp),
+        () = std::future::poll_fn(|cx| poll_peer_gone(io, buf, cx)) => None,
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => None,
+    }
+}
+
+/// Writes a response: a whole body with `Content-Length` in one write, or a stream (an
+/// EventSource) in chunks as it produces them, until it ends or the peer leaves.
+async fn write_response(io: &mut Io, buf: &mut Vec<u8>, resp: Response<Body>, close: bool) -> io::Result<()> {
+    let (parts, mut body) = resp.into_parts();
+    let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    let length = if upgrade { Some(0) } else { hyper::body::Body::size_hint(&body).exact() };
+    let mut head = BytesMut::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.extend_from_slice(b" ");
+    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in parts.headers.iter() {
+        if matches!(*name, header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::DATE)
+            || (*name == header::CONNECTION && !upgrade)
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"date: ");
+    head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    head.extend_from_slice(b"\r\n");
+    if !upgrade {
+        match length {
+            Some(n) => {
+                head.extend_from_slice(b"content-length: ");
+                head.extend_from_slice(n.to_string().as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
+            None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+        if close {
+            head.extend_from_slice(b"connection: close\r\n");
+        }
+    }
+    head.extend_from_slice(b"\r\n");
+    let head = head.freeze();
+    if length.is_some() {
+        // A whole body: its frames are ready at once.
+        let mut pieces = vec![head];
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                pieces.push(data);
+            }
+        }
+        return write_all(io, &pieces).await;
+    }
+    write_all(io, &[head]).await?;
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            () = std::future::poll_fn(|cx| poll_peer_gone(io, buf, cx)) => {
+                return Err(io::ErrorKind::ConnectionAborted.into());
+            }
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue };
+                if data.is_empty() {
+                    continue;
+                }
+                let size = Bytes::from(format!("{:x}\r\n", data.len()));
+                write_all(io, &[size, data, Bytes::from_static(b"\r\n")]).await?;
+            }
+            None => break,
+        }
+    }
+    write_all(io, &[Bytes::from_static(b"0\r\n\r\n")]).await
+}
+
+/// Writes every piece, in as few system calls as the socket allows, then flushes.
+async fn write_all(io: &mut Io, pieces: &[Bytes]) -> io::Result<()> {
+    let total: usize = pieces.iter().map(Bytes::len).sum();
+    let mut written = 0;
+    while written < total {
+        let n = std::future::poll_fn(|cx| {
+            let mut skip = written;
+            let mut slices: [IoSlice<'_>; 4] = [IoSlice::new(&[]); 4];
+            let mut count = 0;
+            for piece in pieces {
+                if skip >= piece.len() {
+                    skip -= piece.len();
+                    continue;
+                }
+                if count == slices.len() {
+                    break;
+                }
+                slices[count] = IoSlice::new(&piece[skip..]);
+                skip = 0;
+                count += 1;
+            }
+            Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
+    io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_head_and_leaves_the_body() {
+        let bytes = b"POST /faye HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]";
+        let Parsed::Head(head, len) = parse_head(bytes) else { panic!("not parsed") };
+        assert_eq!(head.method, Method::POST);
+        assert_eq!(head.uri.path(), "/faye");
+        assert_eq!(head.minor, 1);
+        assert_eq!(head.headers.get("content-length").map(|v| v.as_bytes()), Some(&b"2"[..]));
+        assert_eq!(&bytes[len..], b"[]");
+        assert!(!head.wants_close());
+    }
+
+    #[test]
+    fn partial_and_invalid_heads() {
+        assert!(matches!(parse_head(b"POST /faye HTTP/1.1\r\nHost"), Parsed::Partial));
+        let Parsed::Invalid(resp) = parse_head(b"POST /faye HTTP/1.1\r\nBad Header\r\n\r\n") else {
+            panic!("accepted a malformed header")
+        };
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let mut many = b"GET /faye HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        let Parsed::Invalid(resp) = parse_head(&many) else { panic!("accepted too many headers") };
+        assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn connection_close_and_http_1_0() {
+        let Parsed::Head(head, _) = parse_head(b"GET /faye HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n") else {
+            panic!()
+        };
+        assert!(head.wants_close());
+        let Parsed::Head(head, _) = parse_head(b"GET /faye HTTP/1.0\r\n\r\n") else { panic!() };
+        assert!(head.wants_close());
+        let Parsed::Head(head, _) = parse_head(b"GET /faye HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n") else {
+            panic!()
+        };
+        assert!(!head.wants_close());
+    }
+}
