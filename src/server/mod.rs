@@ -582,6 +582,16 @@ impl Server {
 }
 
 #[cfg(test)]
+impl Server {
+    /// A server on a fresh memory engine with default settings, for unit tests of the layers
+    /// above (which may not name the engine).
+    pub(crate) fn on_memory_engine() -> Self {
+        let engine: Arc<dyn Engine> = Arc::new(crate::engine::memory::MemoryEngine::new(Duration::from_secs(45)));
+        Server::new(engine, ServerSettings::default(), vec![], CancellationToken::new(), Arc::new(Metrics::default()))
+    }
+}
+
+#[cfg(test)]
 mod future_sizes {
     use super::*;
 

@@ -34,7 +34,7 @@ pub(crate) fn is_eventsource<B>(req: &Request<B>) -> bool {
 pub(crate) async fn open<B>(shared: Arc<Shared>, req: Request<B>, _remote: SocketAddr) -> Response<Body> {
     let client_id = req.uri().path().rsplit('/').next().unwrap_or("");
     let socket = SocketHandle { id: next_socket_id() };
-    if client_id.is_empty() || !shared.server.attach_socket(client_id, &socket).await {
+    if client_id.is_empty() || !Box::pin(shared.server.attach_socket(client_id, &socket)).await {
         return bad_request("EventSource for an unknown client");
     }
     let Some(feed) = shared.server.socket_feed(client_id, socket.id) else {

@@ -16,7 +16,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,11 +38,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 4096;
 
 /// Serves one connection until it closes (or hands it to hyper).
+///
+/// Only two states last: waiting for a request and waiting for a reply (a held connect).
+/// Everything else (reading a body, starting the reply, writing) is boxed, so those two stay
+/// small; the request itself is never held across an `.await` here.
 pub(crate) async fn serve(shared: Arc<Shared>, mut io: Io, remote: SocketAddr, slot: ConnectionSlot) {
     // Bytes read and not yet used: a request arriving, or one the client sent early.
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let head = match read_head(&shared, &mut io, &mut buf).await {
+        let starting = match read_head(&shared, &mut io, &mut buf).await {
             Ok(Some((head, len))) => {
                 if !serves(&shared, &head) {
                     // hyper reads the request again, from its first byte.
@@ -52,52 +55,85 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut io: Io, remote: SocketAddr, s
                     return;
                 }
                 buf.drain(..len);
-                head
+                Box::pin(start(&shared, &mut io, &mut buf, head, remote))
             }
             Ok(None) => return,
             Err(refusal) => {
-                let _ = write_response(&mut io, &mut buf, refusal, true).await;
+                let _ = Box::pin(write_response(&mut io, &mut buf, refusal, true)).await;
                 return;
             }
         };
-        let keep_alive = !head.wants_close();
-        let req = match read_body(&shared, &mut io, &mut buf, head).await {
-            Ok(Some(req)) => req,
-            Ok(None) => return,
-            Err(refusal) => {
-                let _ = write_response(&mut io, &mut buf, refusal, true).await;
+        let (reply, keep_alive) = match starting.await {
+            Started::Reply(reply, keep_alive) => (reply, keep_alive),
+            Started::Upgrade(ctx) => {
+                let early = std::mem::take(&mut buf);
+                Box::pin(super::websocket::run_upgraded(shared, io, &early, ctx)).await;
+                drop(slot); // the websocket no longer counts against max_connections
                 return;
             }
+            Started::Close => return,
         };
-        release_if_empty(&mut buf);
-        if super::websocket::is_upgrade(&req) && !super::is_preflight(&req) {
-            match super::websocket::handshake(&shared, &req, remote) {
-                Ok((accept, ctx)) => {
-                    drop(req);
-                    if write_response(&mut io, &mut buf, accept, false).await.is_ok() {
-                        let early = std::mem::take(&mut buf);
-                        Box::pin(super::websocket::run_upgraded(shared, io, &early, ctx)).await;
+        let writing = match await_reply(&shared, &mut io, &mut buf, reply).await {
+            Some(resp) => {
+                let close = !keep_alive || shared.shutdown.is_cancelled();
+                let (io, buf) = (&mut io, &mut buf);
+                Box::pin(async move {
+                    let written = write_response(io, buf, resp, close).await;
+                    if written.is_ok() && !close {
+                        return true;
                     }
-                    drop(slot);
-                    return;
-                }
-                Err(refusal) => {
-                    let _ = write_response(&mut io, &mut buf, refusal, true).await;
-                    return;
-                }
+                    let _ = io.shutdown().await;
+                    false
+                })
             }
-        }
-        let reply = Box::pin(super::handle_mount(shared.clone(), req, remote));
-        let Some(resp) = await_reply(&shared, &mut io, &mut buf, reply).await else {
-            return; // the peer left (the held connect is let go), or shutdown ran out of time
+            // The peer left (its held connect is let go), or shutdown ran out of time.
+            None => return,
         };
-        let close = !keep_alive || shared.shutdown.is_cancelled();
-        if write_response(&mut io, &mut buf, resp, close).await.is_err() || close {
-            let _ = io.shutdown().await;
+        if !writing.await {
             return;
         }
         release_if_empty(&mut buf);
     }
+}
+
+/// What a request led to.
+enum Started {
+    /// A Bayeux reply, on its way; keep the connection alive after it (or not).
+    Reply(super::MountReply, bool),
+    /// A websocket: the upgrade was answered.
+    Upgrade(crate::server::RequestContext),
+    /// Nothing more on this connection (refused, or the peer left).
+    Close,
+}
+
+/// Reads the request's body and starts its reply (or answers its upgrade).
+async fn start(shared: &Arc<Shared>, io: &mut Io, buf: &mut Vec<u8>, head: Head, remote: SocketAddr) -> Started {
+    let keep_alive = !head.wants_close();
+    let req = match read_body(shared, io, buf, head).await {
+        Ok(Some(req)) => req,
+        Ok(None) => return Started::Close,
+        Err(refusal) => {
+            let _ = write_response(io, buf, refusal, true).await;
+            return Started::Close;
+        }
+    };
+    release_if_empty(buf);
+    if super::websocket::is_upgrade(&req) && !super::is_preflight(&req) {
+        return match super::websocket::handshake(shared, &req, remote) {
+            Ok((accept, ctx)) => {
+                drop(req);
+                match write_response(io, buf, accept, false).await {
+                    Ok(()) => Started::Upgrade(ctx),
+                    Err(_) => Started::Close,
+                }
+            }
+            Err(refusal) => {
+                let _ = write_response(io, buf, refusal, true).await;
+                Started::Close
+            }
+        };
+    }
+    Started::Reply(super::handle_mount(shared.clone(), req, remote), keep_alive)
 }
 
 /// Lets go of the read buffer's memory when it holds nothing: an idle connection keeps none.
@@ -295,7 +331,7 @@ async fn await_reply(
     shared: &Shared,
     io: &mut Io,
     buf: &mut Vec<u8>,
-    mut reply: Pin<Box<dyn Future<Output = Response<Body>> + Send>>,
+    mut reply: super::MountReply,
 ) -> Option<Response<Body>> {
     tokio::select! {
         resp = reply.as_mut() => return Some(resp),
