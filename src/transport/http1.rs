@@ -66,9 +66,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut io: Io, remote: SocketAddr, s
         let (reply, keep_alive) = match starting.await {
             Started::Reply(reply, keep_alive) => (reply, keep_alive),
             Started::Upgrade(ctx) => {
-                let early = std::mem::take(&mut buf);
-                Box::pin(super::websocket::run_upgraded(shared, io, &early, ctx)).await;
-                drop(slot); // the websocket no longer counts against max_connections
+                // The websocket runs as a task of its own: this one's state is let go.
+                let tracker = shared.tracker.clone();
+                tracker.spawn(async move {
+                    super::websocket::run_upgraded(shared, io, buf, ctx).await;
+                    drop(slot); // the websocket no longer counts against max_connections
+                });
                 return;
             }
             Started::Close => return,
@@ -120,14 +123,14 @@ async fn start(shared: &Arc<Shared>, io: &mut Io, buf: &mut Vec<u8>, head: Head,
     release_if_empty(buf);
     if super::websocket::is_upgrade(&req) && !super::is_preflight(&req) {
         return match super::websocket::handshake(shared, &req, remote) {
-            Ok((accept, ctx)) => {
+            super::websocket::Handshake::Accept(accept, ctx) => {
                 drop(req);
                 match write_response(io, buf, accept, false).await {
                     Ok(()) => Started::Upgrade(ctx),
                     Err(_) => Started::Close,
                 }
             }
-            Err(refusal) => {
+            super::websocket::Handshake::Refuse(refusal) => {
                 let _ = write_response(io, buf, refusal, true).await;
                 Started::Close
             }

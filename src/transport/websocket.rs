@@ -68,21 +68,24 @@ pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// Checks an upgrade request: the `101 Switching Protocols` to answer and the socket's
-/// request context, or the refusal to answer instead.
-pub(crate) fn handshake<B>(
-    shared: &Shared,
-    req: &Request<B>,
-    remote: SocketAddr,
-) -> Result<(Response<Body>, RequestContext), Response<Body>> {
+/// The answer to an upgrade request.
+pub(crate) enum Handshake {
+    /// The `101 Switching Protocols` to answer, and the socket's request context.
+    Accept(Response<Body>, RequestContext),
+    /// The refusal to answer instead.
+    Refuse(Response<Body>),
+}
+
+/// Checks an upgrade request.
+pub(crate) fn handshake<B>(shared: &Shared, req: &Request<B>, remote: SocketAddr) -> Handshake {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
-        return Err(bad_request("websocket upgrade without Sec-WebSocket-Key"));
+        return Handshake::Refuse(bad_request("websocket upgrade without Sec-WebSocket-Key"));
     };
     if !shared.origin_allowed(req.headers()) {
         // Browsers send Origin on every websocket upgrade and apply no CORS to websockets:
         // the allow-list is the only thing between another site's page and this endpoint.
         tracing::debug!(%remote, origin = ?req.headers().get(header::ORIGIN), "websocket from an origin not in the allow-list");
-        return Err(text(StatusCode::FORBIDDEN, "Forbidden origin"));
+        return Handshake::Refuse(text(StatusCode::FORBIDDEN, "Forbidden origin"));
     }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut resp = Response::new(full(Bytes::new()));
@@ -93,14 +96,15 @@ pub(crate) fn handshake<B>(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    Ok((resp, super::request_context(req, remote)))
+    Handshake::Accept(resp, super::request_context(req, remote))
 }
 
 /// Runs an upgraded socket until it closes. `early` holds bytes the client sent after its
 /// upgrade request, read before the socket was handed over.
-pub(crate) async fn run_upgraded(shared: Arc<Shared>, io: Io, early: &[u8], ctx: RequestContext) {
+pub(crate) async fn run_upgraded(shared: Arc<Shared>, io: Io, early: Vec<u8>, ctx: RequestContext) {
     let mut reader = frame::Reader::default();
-    reader.push(early);
+    reader.push(&early);
+    drop(early);
     let conn = Conn { io, reader, out: None, replies: VecDeque::new(), pong: None, ping_due: false };
     run(&shared, conn, ctx).await;
 }
@@ -114,8 +118,8 @@ pub(crate) fn upgrade(
     slot: ConnectionSlot,
 ) -> Response<Body> {
     let (resp, ctx) = match handshake(&shared, &req, remote) {
-        Ok(ok) => ok,
-        Err(refusal) => return refusal,
+        Handshake::Accept(resp, ctx) => (resp, ctx),
+        Handshake::Refuse(refusal) => return refusal,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = shared.tracker.clone();
@@ -132,7 +136,7 @@ pub(crate) fn upgrade(
                     }
                     Err(upgraded) => (Io::Other(Box::new(TokioIo::new(upgraded))), Vec::new()),
                 };
-                Box::pin(run_upgraded(shared, io, &early, ctx)).await;
+                Box::pin(run_upgraded(shared, io, early, ctx)).await;
                 drop(slot); // the websocket no longer counts against max_connections
             }
             Err(e) => tracing::debug!(%remote, error = %e, "websocket upgrade failed"),
