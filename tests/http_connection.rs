@@ -223,19 +223,25 @@ async fn long_polls_in_flight(node: &TestNode) -> u64 {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_peer_that_leaves_lets_its_held_connect_go() {
-    let node = TestNode::with_timeout(Duration::from_secs(60)).await;
+/// A connection whose client's connect is held (seen in the node's gauge).
+async fn held_connect(node: &TestNode) -> Raw {
     let mut raw = Raw::connect(node.addr).await;
     raw.send(&post(&handshake_body())).await;
     let id = client_id(&raw.response().await);
     raw.send(&post(&connect_body(&id))).await;
     within(WAIT, "the connect to be held", async {
-        while long_polls_in_flight(&node).await != 1 {
+        while long_polls_in_flight(node).await != 1 {
             tokio::task::yield_now().await;
         }
     })
     .await;
+    raw
+}
+
+#[tokio::test]
+async fn a_peer_that_leaves_lets_its_held_connect_go() {
+    let node = TestNode::with_timeout(Duration::from_secs(60)).await;
+    let raw = held_connect(&node).await;
     drop(raw);
     within(WAIT, "the held connect to be let go", async {
         while long_polls_in_flight(&node).await != 0 {
@@ -249,16 +255,7 @@ async fn a_peer_that_leaves_lets_its_held_connect_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_a_held_long_poll_then_closes() {
     let node = TestNode::with_timeout(Duration::from_secs(60)).await;
-    let mut raw = Raw::connect(node.addr).await;
-    raw.send(&post(&handshake_body())).await;
-    let id = client_id(&raw.response().await);
-    raw.send(&post(&connect_body(&id))).await;
-    within(WAIT, "the connect to be held", async {
-        while long_polls_in_flight(&node).await != 1 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let mut raw = held_connect(&node).await;
     let stopping = tokio::spawn(node.shutdown());
     let resp = raw.response().await;
     assert_eq!(resp.status, 200);
