@@ -1,6 +1,7 @@
 //! What the one-task websocket must keep: a shutdown answers held connects (with the advice
 //! to reconnect) before closing 1001; a disconnect is answered before the close 1000; and
-//! messages taken for a socket that dies before writing them go back to the client's queue.
+//! messages taken for a socket that dies before writing them go back to the client's queue;
+//! and a socket stops reading while 64 of its batches wait (held connects).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -124,4 +125,49 @@ async fn queued_messages(addr: SocketAddr) -> f64 {
         .find_map(|l| l.strip_prefix("actioncluster_queued_messages "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// The bound on batches that wait per socket (`MAX_WAITING_BATCHES` in the transport).
+const MAX_WAITING_BATCHES: usize = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_reads_no_further_while_64_of_its_batches_wait() {
+    if skip_on_reference("our per-socket bound") {
+        return;
+    }
+    let node = TestNode::start().await; // connects are held 2 s
+    let mut ws = Ws::open(node.addr).await;
+    let anchor = ws.handshake().await;
+    let mut held = Vec::new();
+    for _ in 0..MAX_WAITING_BATCHES {
+        held.push(ws.handshake().await);
+    }
+    // Each batch waits on its second connect's hold. The first connect keeps the socket bound
+    // to one client (a new binding would let the previous client's connect go).
+    for (i, client) in held.iter().enumerate() {
+        ws.send(&json!([
+            {"channel": "/meta/connect", "clientId": anchor, "connectionType": "websocket", "id": format!("a{i}")},
+            {"channel": "/meta/connect", "clientId": client, "connectionType": "websocket", "id": format!("c{i}")},
+        ]))
+        .await;
+    }
+    // Answered without waiting whenever it is read.
+    ws.send(&json!([{"channel": "/meta/nope", "id": "probe"}])).await;
+
+    let mut order = Vec::new();
+    while order.len() < 2 * MAX_WAITING_BATCHES + 1 {
+        for reply in ws.recv().await {
+            order.push(reply["id"].as_str().expect("a reply id").to_string());
+        }
+    }
+    let probe_at = order.iter().position(|id| id == "probe").expect("the probe is answered");
+    assert!(
+        order[..probe_at].iter().any(|id| id.starts_with('c')),
+        "the 65th batch was read while 64 waited: replies in order {order:?}"
+    );
+    for i in 0..MAX_WAITING_BATCHES {
+        assert!(order.contains(&format!("c{i}")), "c{i} answered: {order:?}");
+    }
+    ws.close().await;
+    node.shutdown().await;
 }
