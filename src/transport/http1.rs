@@ -34,6 +34,11 @@ const MAX_HEADERS: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// On shutdown, how long a pending response (a held connect being answered) may take.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After a refusal, how long the rest of the client's request is read and dropped before the
+/// connection closes.
+const LINGER: Duration = Duration::from_secs(2);
+/// ... and how much of it at most.
+const MAX_LINGER_BYTES: usize = 1 << 20;
 /// Bytes read per system call, into the stack.
 const READ_CHUNK: usize = 4096;
 
@@ -59,7 +64,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut io: Io, remote: SocketAddr, s
             }
             Ok(None) => return,
             Err(refusal) => {
-                let _ = Box::pin(write_response(&mut io, &mut buf, refusal, true)).await;
+                Box::pin(refuse(&shared, &mut io, &mut buf, refusal)).await;
                 return;
             }
         };
@@ -116,7 +121,7 @@ async fn start(shared: &Arc<Shared>, io: &mut Io, buf: &mut Vec<u8>, head: Head,
         Ok(Some(req)) => req,
         Ok(None) => return Started::Close,
         Err(refusal) => {
-            let _ = write_response(io, buf, refusal, true).await;
+            refuse(shared, io, buf, refusal).await;
             return Started::Close;
         }
     };
@@ -131,7 +136,7 @@ async fn start(shared: &Arc<Shared>, io: &mut Io, buf: &mut Vec<u8>, head: Head,
                 }
             }
             super::websocket::Handshake::Refuse(refusal) => {
-                let _ = write_response(io, buf, refusal, true).await;
+                refuse(shared, io, buf, refusal).await;
                 Started::Close
             }
         };
@@ -347,6 +352,31 @@ async fn await_reply(
         () = std::future::poll_fn(|cx| poll_peer_gone(io, buf, cx)) => None,
         () = tokio::time::sleep(SHUTDOWN_GRACE) => None,
     }
+}
+
+/// Answers a request this layer refuses, then closes: the write side first, then what the
+/// client still sends (the body of a refused request) is read and dropped for a while, so
+/// the close does not reset the connection and lose the refusal before the client reads it
+/// (until shutdown).
+async fn refuse(shared: &Shared, io: &mut Io, buf: &mut Vec<u8>, refusal: Response<Body>) {
+    if write_response(io, buf, refusal, true).await.is_err() || io.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut dropped = 0;
+        while dropped < MAX_LINGER_BYTES {
+            buf.clear();
+            match std::future::poll_fn(|cx| poll_read_into(io, buf, cx)).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dropped += n,
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER, drain) => {}
+        () = shared.shutdown.cancelled() => {}
+    }
+    *buf = Vec::new();
 }
 
 /// Writes a response: a whole body with `Content-Length` in one write, or a stream (an
