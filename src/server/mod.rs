@@ -270,6 +270,14 @@ impl Server {
     /// A held connect can wait for a long time: its future is kept small (the publish
     /// settling is boxed, the batch's buffer is let go before the last item waits).
     pub async fn finish(&self, batch: Batch) -> Bytes {
+        let parts = self.finish_parts(batch).await;
+        codec::encode_array(parts.iter().map(|b| b.as_ref()))
+    }
+
+    /// As [`Server::finish`], each message encoded on its own instead of joined into one
+    /// array: for callers that answer in another shape (the server publish API answers one
+    /// object for one message).
+    pub async fn finish_parts(&self, batch: Batch) -> Vec<Bytes> {
         let mut parts: Vec<Bytes> = Vec::with_capacity(batch.items.len());
         let mut items = batch.items;
         items.reverse();
@@ -286,7 +294,7 @@ impl Server {
                 parts.extend(waiting.await);
             }
         }
-        codec::encode_array(parts.iter().map(|b| b.as_ref()))
+        parts
     }
 
     /// Encodes a ready reply into `parts`; for a publish on its way or a held connect,

@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
-use serde_json::value::RawValue;
 use std::net::SocketAddr;
 
 /// Where the API listens (outside the Bayeux mount).
@@ -70,13 +69,12 @@ pub(crate) async fn publish(shared: &Shared, req: Request<Incoming>, remote: Soc
         }
     }
     let ctx = RequestContext { remote_addr: Some(remote), origin: None, local: true };
-    let published = shared.server.process_and_finish(messages, &ctx).await;
-    let mut published: Vec<Box<RawValue>> = serde_json::from_slice(&published).unwrap_or_default();
+    let processed = shared.server.process(messages, &ctx, None).await;
+    // One encoded reply per publish, in order (publishes release no deliveries).
+    let mut published = shared.server.finish_parts(processed).await;
     published.reverse();
-    let parts: Vec<Bytes> = replies
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| published.pop().map(|p| Bytes::from(p.get().to_string())).unwrap_or_default()))
-        .collect();
+    let parts: Vec<Bytes> =
+        replies.into_iter().map(|r| r.unwrap_or_else(|| published.pop().unwrap_or_default())).collect();
     let body = if batch {
         codec::encode_array(parts.iter().map(|b| b.as_ref()))
     } else {
