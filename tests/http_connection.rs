@@ -280,3 +280,33 @@ async fn shutdown_answers_a_held_long_poll_then_closes() {
     assert!(raw.closed().await, "the connection closes after the reply");
     within(WAIT, "the node to stop", stopping).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_websocket_upgrade_on_a_connection_hyper_serves_works() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let node = TestNode::start().await;
+    let mut raw = Raw::connect(node.addr).await;
+    // The first request is not the mount's: hyper serves the connection from here on, and
+    // the upgrade takes the socket back from it.
+    raw.send(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(raw.response().await.status, 200);
+    assert!(raw.buf.is_empty());
+    let url = format!("ws://{}/faye", node.addr);
+    let (mut ws, _) = within(WAIT, "the upgrade", tokio_tungstenite::client_async(url.as_str(), raw.stream))
+        .await
+        .expect("websocket upgrade through hyper");
+    let handshake =
+        json!([{"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["websocket"]}]);
+    ws.send(WsMessage::Text(handshake.to_string().into())).await.expect("send");
+    let reply = loop {
+        match within(WAIT, "the handshake reply", ws.next()).await {
+            Some(Ok(WsMessage::Text(text))) => break serde_json::from_str::<Value>(&text).expect("JSON"),
+            Some(Ok(_)) => continue,
+            other => panic!("no reply: {other:?}"),
+        }
+    };
+    assert_eq!(reply[0]["successful"], json!(true), "{reply}");
+    drop(ws);
+    node.shutdown().await;
+}
