@@ -215,6 +215,7 @@ async fn malformed_heads_are_refused_with_400() {
     for head in [
         &b"POST /faye HTTP/1.1\r\nBad Header\r\n\r\n"[..],
         b"POST /faye HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        b"POST /faye HTTP/1.1\r\nContent-Length: +2\r\n\r\n[]",
         b"POST /faye HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n[]",
     ] {
         let mut raw = Raw::connect(node.addr).await;

@@ -272,7 +272,12 @@ async fn read_body(
     let mut lengths = head.headers.get_all(header::CONTENT_LENGTH).iter();
     let len = match (lengths.next(), lengths.next()) {
         (None, _) => 0,
-        (Some(v), None) => match v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        // Digits only, as RFC 9110 has it (`parse` alone would take a sign).
+        (Some(v), None) => match std::str::from_utf8(v.as_bytes().trim_ascii())
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<usize>().ok())
+        {
             Some(n) => n,
             None => return Err(super::bad_request("invalid Content-Length")),
         },
