@@ -535,4 +535,34 @@ mod tests {
         };
         assert!(!head.wants_close());
     }
+
+    proptest::proptest! {
+        /// Whatever arrives, parsing answers (partial, a head or a refusal) without panicking.
+        #[test]
+        fn any_bytes_parse_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = parse_head(&bytes);
+        }
+
+        /// A head that arrives in two pieces is partial until its last byte, then the same head.
+        #[test]
+        fn a_head_cut_anywhere_is_partial_until_whole(
+            path in "/faye(/[a-z0-9]{1,8})?(\\?[a-z]{1,4}=[a-z0-9%]{0,12})?",
+            names in proptest::collection::vec("[a-z][a-z-]{0,10}", 0..8),
+            cut in 0usize..400,
+        ) {
+            let mut head = format!("POST {path} HTTP/1.1\r\n");
+            for (i, name) in names.iter().enumerate() {
+                head.push_str(&format!("x-{name}: v{i}\r\n"));
+            }
+            head.push_str("\r\n");
+            let cut = cut.min(head.len() - 1);
+            proptest::prop_assert!(matches!(parse_head(&head.as_bytes()[..cut]), Parsed::Partial));
+            let Parsed::Head(parsed, len) = parse_head(head.as_bytes()) else {
+                return Err(proptest::test_runner::TestCaseError::fail("a whole head did not parse"));
+            };
+            proptest::prop_assert_eq!(len, head.len());
+            proptest::prop_assert_eq!(parsed.uri.to_string(), path);
+            proptest::prop_assert_eq!(parsed.headers.len(), names.len());
+        }
+    }
 }
