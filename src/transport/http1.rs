@@ -9,20 +9,21 @@
 //! else (another path, `HEAD`, HTTP/1.0, a chunked body, `Expect`) is handed to hyper for the
 //! rest of its life, with the bytes already read in front.
 
-use super::io::{Io, Prefixed};
+use super::io::{Io, Prefixed, poll_read_chunk};
 use super::{Body, ConnectionSlot, Shared};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
+use std::fmt::Write as _;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Largest request head accepted (request line and headers); Faye's JSON-P client keeps its
 /// URLs under 2 KiB.
@@ -39,8 +40,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const LINGER: Duration = Duration::from_secs(2);
 /// ... and how much of it at most.
 const MAX_LINGER_BYTES: usize = 1 << 20;
-/// Bytes read per system call, into the stack.
-const READ_CHUNK: usize = 4096;
 
 /// Serves one connection until it closes (or hands it to hyper).
 ///
@@ -49,7 +48,7 @@ const READ_CHUNK: usize = 4096;
 /// small; the request itself is never held across an `.await` here.
 pub(crate) async fn serve(shared: Arc<Shared>, mut io: Io, remote: SocketAddr, slot: ConnectionSlot) {
     // Bytes read and not yet used: a request arriving, or one the client sent early.
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf = BytesMut::new();
     loop {
         let starting = match read_head(&shared, &mut io, &mut buf).await {
             Ok(Some((head, len))) => {
@@ -59,7 +58,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut io: Io, remote: SocketAddr, s
                     Box::pin(super::serve_with_hyper(shared, hyper_io, remote, slot)).await;
                     return;
                 }
-                buf.drain(..len);
+                buf.advance(len);
                 Box::pin(start(&shared, &mut io, &mut buf, head, remote))
             }
             Ok(None) => return,
@@ -115,7 +114,7 @@ enum Started {
 }
 
 /// Reads the request's body and starts its reply (or answers its upgrade).
-async fn start(shared: &Arc<Shared>, io: &mut Io, buf: &mut Vec<u8>, head: Head, remote: SocketAddr) -> Started {
+async fn start(shared: &Arc<Shared>, io: &mut Io, buf: &mut BytesMut, head: Head, remote: SocketAddr) -> Started {
     let keep_alive = !head.wants_close();
     let req = match read_body(shared, io, buf, head).await {
         Ok(Some(req)) => req,
@@ -145,9 +144,9 @@ async fn start(shared: &Arc<Shared>, io: &mut Io, buf: &mut Vec<u8>, head: Head,
 }
 
 /// Lets go of the read buffer's memory when it holds nothing: an idle connection keeps none.
-fn release_if_empty(buf: &mut Vec<u8>) {
+fn release_if_empty(buf: &mut BytesMut) {
     if buf.is_empty() {
-        *buf = Vec::new();
+        *buf = BytesMut::new();
     }
 }
 
@@ -232,7 +231,7 @@ fn parse_head(bytes: &[u8]) -> Parsed {
 
 /// Reads the next request head (left in `buf`, with its length). `Ok(None)` when the connection should end quietly: the peer
 /// closed or went silent between requests, or the node is shutting down.
-async fn read_head(shared: &Shared, io: &mut Io, buf: &mut Vec<u8>) -> Result<Option<(Head, usize)>, Response<Body>> {
+async fn read_head(shared: &Shared, io: &mut Io, buf: &mut BytesMut) -> Result<Option<(Head, usize)>, Response<Body>> {
     let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
     loop {
         if !buf.is_empty() {
@@ -266,7 +265,7 @@ async fn read_head(shared: &Shared, io: &mut Io, buf: &mut Vec<u8>) -> Result<Op
 async fn read_body(
     shared: &Shared,
     io: &mut Io,
-    buf: &mut Vec<u8>,
+    buf: &mut BytesMut,
     head: Head,
 ) -> Result<Option<Request<Full<Bytes>>>, Response<Body>> {
     let mut lengths = head.headers.get_all(header::CONTENT_LENGTH).iter();
@@ -287,7 +286,7 @@ async fn read_body(
         return Err(super::too_large());
     }
     if buf.len() < len {
-        buf.reserve_exact(len - buf.len());
+        buf.reserve(len - buf.len());
         let read_all = async {
             while buf.len() < len {
                 match std::future::poll_fn(|cx| poll_read_into(io, buf, cx)).await {
@@ -303,8 +302,8 @@ async fn read_body(
             Err(_) => return Err(super::text(StatusCode::REQUEST_TIMEOUT, "Request timeout")),
         }
     }
-    let body = Bytes::copy_from_slice(&buf[..len]);
-    buf.drain(..len);
+    // The body leaves the read buffer without a copy.
+    let body = buf.split_to(len).freeze();
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = head.method;
     *req.uri_mut() = head.uri;
@@ -315,17 +314,13 @@ async fn read_body(
 
 /// Reads what the socket has into `buf` (through the stack: nothing is reserved while the
 /// socket is quiet). `Ok(0)` at end of stream.
-fn poll_read_into(io: &mut Io, buf: &mut Vec<u8>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    let mut chunk = [0u8; READ_CHUNK];
-    let mut read = ReadBuf::new(&mut chunk);
-    ready!(Pin::new(io).poll_read(cx, &mut read))?;
-    buf.extend_from_slice(read.filled());
-    Poll::Ready(Ok(read.filled().len()))
+fn poll_read_into(io: &mut Io, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    poll_read_chunk(io, cx, |bytes| buf.extend_from_slice(bytes))
 }
 
 /// Watches the socket while a response is pending: resolves when the peer is gone. Bytes it
 /// sends meanwhile (a pipelined request) are kept, up to one request head's worth.
-fn poll_peer_gone(io: &mut Io, buf: &mut Vec<u8>, cx: &mut Context<'_>) -> Poll<()> {
+fn poll_peer_gone(io: &mut Io, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<()> {
     loop {
         if buf.len() >= MAX_HEAD_BYTES {
             return Poll::Pending;
@@ -343,7 +338,7 @@ fn poll_peer_gone(io: &mut Io, buf: &mut Vec<u8>, cx: &mut Context<'_>) -> Poll<
 async fn await_reply(
     shared: &Shared,
     io: &mut Io,
-    buf: &mut Vec<u8>,
+    buf: &mut BytesMut,
     mut reply: super::MountReply,
 ) -> Option<Response<Body>> {
     tokio::select! {
@@ -363,7 +358,7 @@ async fn await_reply(
 /// client still sends (the body of a refused request) is read and dropped for a while, so
 /// the close does not reset the connection and lose the refusal before the client reads it
 /// (until shutdown).
-async fn refuse(shared: &Shared, io: &mut Io, buf: &mut Vec<u8>, refusal: Response<Body>) {
+async fn refuse(shared: &Shared, io: &mut Io, buf: &mut BytesMut, refusal: Response<Body>) {
     if write_response(io, buf, refusal, true).await.is_err() || io.shutdown().await.is_err() {
         return;
     }
@@ -381,12 +376,12 @@ async fn refuse(shared: &Shared, io: &mut Io, buf: &mut Vec<u8>, refusal: Respon
         _ = tokio::time::timeout(LINGER, drain) => {}
         () = shared.shutdown.cancelled() => {}
     }
-    *buf = Vec::new();
+    *buf = BytesMut::new();
 }
 
 /// Writes a response: a whole body with `Content-Length` in one write, or a stream (an
 /// EventSource) in chunks as it produces them, until it ends or the peer leaves.
-async fn write_response(io: &mut Io, buf: &mut Vec<u8>, resp: Response<Body>, close: bool) -> io::Result<()> {
+async fn write_response(io: &mut Io, buf: &mut BytesMut, resp: Response<Body>, close: bool) -> io::Result<()> {
     let (parts, mut body) = resp.into_parts();
     let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let length = if upgrade { Some(0) } else { hyper::body::Body::size_hint(&body).exact() };
@@ -408,14 +403,12 @@ async fn write_response(io: &mut Io, buf: &mut Vec<u8>, resp: Response<Body>, cl
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"date: ");
-    head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    push_http_date(&mut head);
     head.extend_from_slice(b"\r\n");
     if !upgrade {
         match length {
             Some(n) => {
-                head.extend_from_slice(b"content-length: ");
-                head.extend_from_slice(n.to_string().as_bytes());
-                head.extend_from_slice(b"\r\n");
+                let _ = write!(head, "content-length: {n}\r\n");
             }
             None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
@@ -424,18 +417,12 @@ async fn write_response(io: &mut Io, buf: &mut Vec<u8>, resp: Response<Body>, cl
         }
     }
     head.extend_from_slice(b"\r\n");
-    let head = head.freeze();
     if length.is_some() {
-        // A whole body: its frames are ready at once.
-        let mut pieces = vec![head];
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Ok(data) = frame.into_data() {
-                pieces.push(data);
-            }
-        }
-        return write_all(io, &pieces).await;
+        // A whole body: ready at once, and (one frame) taken without a copy.
+        let Ok(collected) = body.collect().await;
+        return write_all(io, &[&head, &collected.to_bytes()]).await;
     }
-    write_all(io, &[head]).await?;
+    write_all(io, &[&head]).await?;
     loop {
         let frame = tokio::select! {
             f = body.frame() => f,
@@ -449,18 +436,40 @@ async fn write_response(io: &mut Io, buf: &mut Vec<u8>, resp: Response<Body>, cl
                 if data.is_empty() {
                     continue;
                 }
-                let size = Bytes::from(format!("{:x}\r\n", data.len()));
-                write_all(io, &[size, data, Bytes::from_static(b"\r\n")]).await?;
+                let mut size = [0u8; 18];
+                let size_len = {
+                    let mut cursor = io::Cursor::new(&mut size[..]);
+                    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{:x}\r\n", data.len()));
+                    cursor.position() as usize
+                };
+                write_all(io, &[&size[..size_len], &data, b"\r\n"]).await?;
             }
             None => break,
         }
     }
-    write_all(io, &[Bytes::from_static(b"0\r\n\r\n")]).await
+    write_all(io, &[b"0\r\n\r\n"]).await
+}
+
+/// Appends the current time as an HTTP date. It changes once a second, so each thread keeps
+/// the last one it formatted rather than formatting it for every response.
+fn push_http_date(out: &mut BytesMut) {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    LAST.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            *cached = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
 }
 
 /// Writes every piece, in as few system calls as the socket allows, then flushes.
-async fn write_all(io: &mut Io, pieces: &[Bytes]) -> io::Result<()> {
-    let total: usize = pieces.iter().map(Bytes::len).sum();
+async fn write_all(io: &mut Io, pieces: &[&[u8]]) -> io::Result<()> {
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
         let n = std::future::poll_fn(|cx| {

@@ -2,9 +2,10 @@
 //! other stream (TLS, hyper's upgraded I/O) boxed. Also the stream that hands a connection to
 //! hyper with the bytes already read in front.
 
+use bytes::{Buf, BytesMut};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -12,6 +13,24 @@ use tokio::net::TcpStream;
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Bytes read per system call, into the stack: a quiet connection keeps no read buffer, and
+/// only what is incomplete (a request, a frame) is copied to the heap.
+const READ_CHUNK: usize = 8192;
+
+/// Reads what the socket has through a stack buffer and hands it to `take`. `Ok(0)` at end
+/// of stream.
+pub(crate) fn poll_read_chunk<R: AsyncRead + Unpin>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    take: impl FnOnce(&[u8]),
+) -> Poll<io::Result<usize>> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut read = ReadBuf::new(&mut chunk);
+    ready!(Pin::new(io).poll_read(cx, &mut read))?;
+    take(read.filled());
+    Poll::Ready(Ok(read.filled().len()))
+}
 
 /// The socket of one connection.
 pub(crate) enum Io {
@@ -74,21 +93,19 @@ impl AsyncWrite for Io {
 /// A socket with bytes already read from it in front: what hyper gets when the connection's
 /// next request is not one of the mount path's (the bytes of that request were read to tell).
 pub(crate) struct Prefixed {
-    prefix: Vec<u8>,
-    /// How much of `prefix` was read.
-    pos: usize,
+    /// What is left to read of the prefix.
+    prefix: BytesMut,
     io: Io,
 }
 
 impl Prefixed {
     /// The socket, with `prefix` to be read before anything else.
-    pub(crate) fn new(prefix: Vec<u8>, io: Io) -> Self {
-        Self { prefix, pos: 0, io }
+    pub(crate) fn new(prefix: BytesMut, io: Io) -> Self {
+        Self { prefix, io }
     }
 
     /// The prefix's unread bytes and the socket.
-    pub(crate) fn into_parts(mut self) -> (Vec<u8>, Io) {
-        self.prefix.drain(..self.pos);
+    pub(crate) fn into_parts(self) -> (BytesMut, Io) {
         (self.prefix, self.io)
     }
 }
@@ -96,13 +113,12 @@ impl Prefixed {
 impl AsyncRead for Prefixed {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.pos < this.prefix.len() {
-            let n = (this.prefix.len() - this.pos).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.pos = 0;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                this.prefix = BytesMut::new();
             }
             return Poll::Ready(Ok(()));
         }
@@ -150,7 +166,7 @@ mod tests {
             s.write_all(b" world").await.unwrap();
         });
         let (server, _) = listener.accept().await.unwrap();
-        let mut p = Prefixed::new(b"hello".to_vec(), Io::Tcp(server));
+        let mut p = Prefixed::new(BytesMut::from(&b"hello"[..]), Io::Tcp(server));
         let mut got = Vec::new();
         p.read_to_end(&mut got).await.unwrap();
         client.await.unwrap();

@@ -10,12 +10,12 @@
 
 mod frame;
 
-use super::io::{Io, Prefixed};
+use super::io::{Io, Prefixed, poll_read_chunk};
 use super::{Body, ConnectionSlot, Shared, bad_request, full, text};
 use crate::protocol::Message;
 use crate::protocol::codec;
 use crate::server::{Batch, FeedEvent, OutFrame, RequestContext, SocketFeed, SocketHandle};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use frame::{FrameError, Incoming, close};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
 /// Batches of one websocket that may wait at once (held connects, publishes on their way to
@@ -50,9 +50,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a failed read of the client's queue (redis away) waits before the next try.
 const TAKE_RETRY: Duration = Duration::from_millis(500);
-
-/// Bytes read per system call, into the stack; only an incomplete frame is kept on the heap.
-const READ_CHUNK: usize = 8192;
 
 static NEXT_SOCKET_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -101,7 +98,7 @@ pub(crate) fn handshake<B>(shared: &Shared, req: &Request<B>, remote: SocketAddr
 
 /// Runs an upgraded socket until it closes. `early` holds bytes the client sent after its
 /// upgrade request, read before the socket was handed over.
-pub(crate) async fn run_upgraded(shared: Arc<Shared>, io: Io, early: Vec<u8>, ctx: RequestContext) {
+pub(crate) async fn run_upgraded(shared: Arc<Shared>, io: Io, early: BytesMut, ctx: RequestContext) {
     let mut reader = frame::Reader::default();
     reader.push(&early);
     drop(early);
@@ -134,7 +131,7 @@ pub(crate) fn upgrade(
                         early.extend_from_slice(&parts.read_buf);
                         (io, early)
                     }
-                    Err(upgraded) => (Io::Other(Box::new(TokioIo::new(upgraded))), Vec::new()),
+                    Err(upgraded) => (Io::Other(Box::new(TokioIo::new(upgraded))), BytesMut::new()),
                 };
                 Box::pin(run_upgraded(shared, io, early, ctx)).await;
                 drop(slot); // the websocket no longer counts against max_connections
@@ -562,13 +559,12 @@ impl Conn {
                 Ok(None) => {}
             }
             // Into the stack: an idle socket keeps no read buffer.
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+            let reader = &mut self.reader;
+            match poll_read_chunk(&mut self.io, cx, |bytes| reader.push(bytes)) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Failed(e)),
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(IoEvent::Eof),
-                Poll::Ready(Ok(())) => self.reader.push(buf.filled()),
+                Poll::Ready(Ok(0)) => return Poll::Ready(IoEvent::Eof),
+                Poll::Ready(Ok(_)) => {}
             }
         }
     }
