@@ -133,7 +133,7 @@ pub(crate) fn upgrade(
                     }
                     Err(upgraded) => (Io::Other(Box::new(TokioIo::new(upgraded))), BytesMut::new()),
                 };
-                Box::pin(run_upgraded(shared, io, early, ctx)).await;
+                run_upgraded(shared, io, early, ctx).await;
                 drop(slot); // the websocket no longer counts against max_connections
             }
             Err(e) => tracing::debug!(%remote, error = %e, "websocket upgrade failed"),
